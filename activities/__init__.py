@@ -1,0 +1,1 @@
+"""Activities: all of the loop's I/O (SQL, webhooks, result delivery)."""

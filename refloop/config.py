@@ -1,0 +1,49 @@
+"""One place for settings: environment variables (REFLOOP_*, DATABASE_URL), then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from refloop.domain.policy import Policy, load_policy
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(_env("REFLOOP_DATA_DIR", ".refloop")))
+    database_url: str = field(default_factory=lambda: _env("DATABASE_URL", ""))
+    temporal_address: str = field(default_factory=lambda: _env("REFLOOP_TEMPORAL_ADDRESS", "127.0.0.1:7233"))
+    namespace: str = field(default_factory=lambda: _env("REFLOOP_NAMESPACE", "default"))
+    task_queue: str = field(default_factory=lambda: _env("REFLOOP_TASK_QUEUE", "refloop"))
+    policy_file: str = field(default_factory=lambda: _env("REFLOOP_POLICY", ""))
+    escalation_webhook: str = field(default_factory=lambda: _env("REFLOOP_ESCALATION_WEBHOOK", ""))
+    operations_webhook: str = field(default_factory=lambda: _env("REFLOOP_OPERATIONS_WEBHOOK", ""))
+    bind_host: str = field(default_factory=lambda: _env("REFLOOP_BIND_HOST", "127.0.0.1"))
+    mllp_port: int = field(default_factory=lambda: int(_env("REFLOOP_MLLP_PORT", "2575")))
+    http_port: int = field(default_factory=lambda: int(_env("REFLOOP_HTTP_PORT", "8000")))
+    dicom_port: int = field(default_factory=lambda: int(_env("REFLOOP_DICOM_PORT", "11112")))
+    dicom_ae_title: str = field(default_factory=lambda: _env("REFLOOP_DICOM_AE_TITLE", "REFLOOP"))
+    orthanc_url: str = field(default_factory=lambda: _env("REFLOOP_ORTHANC_URL", ""))
+    # "system=token,system2=token2": bearer tokens per source system for the HTTP API.
+    api_tokens: str = field(default_factory=lambda: _env("REFLOOP_API_TOKENS", ""))
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        from refloop.store.db import sqlite_url
+
+        return sqlite_url(self.data_dir)
+
+    def policy(self) -> Policy:
+        return load_policy(self.policy_file)
+
+    def tokens(self) -> dict[str, str]:
+        """token -> source system."""
+        pairs = [p.split("=", 1) for p in self.api_tokens.split(",") if "=" in p]
+        return {token.strip(): system.strip() for system, token in pairs}

@@ -1,0 +1,1 @@
+"""The loop's rules: pure, deterministic, no I/O and no Temporal imports."""

@@ -1,0 +1,1 @@
+"""The SQL read model and audit log (SQLite by default, PostgreSQL via DATABASE_URL)."""

@@ -171,7 +171,7 @@ class Store:
             .order_by(InboxRow.id)  # type: ignore[arg-type]
         ).all()
         out: list[dict] = []
-        for row in dict.fromkeys(rows):
+        for row in {r.id: r for r in rows}.values():
             if row.event_id in seen:
                 row.status, row.referral_id = "released", rid
                 s.add(row)
@@ -227,3 +227,72 @@ class Store:
             if attention is not None:
                 q = q.where(LoopRow.needs_attention == attention)
             return list(s.exec(q.order_by(LoopRow.updated_at.desc()).limit(limit)).all())  # type: ignore[attr-defined]
+
+
+class InboxStore:
+    """The gateways' inbox: every inbound message kept raw, deduplicated by its message key."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def claim(self, protocol: str, sender: str, message_key: str, message_type: str, raw: str) -> tuple[InboxRow, bool]:
+        """Insert the message, or return the row already there. Returns (row, is_new)."""
+        with Session(self.engine) as s:
+            existing = s.exec(
+                select(InboxRow).where(InboxRow.protocol == protocol, InboxRow.sender == sender, InboxRow.message_key == message_key)
+            ).first()
+            if existing:
+                return existing, False
+            row = InboxRow(
+                received_at=utcnow(), protocol=protocol, sender=sender, message_key=message_key,
+                message_type=message_type, status="received", raw=raw,
+            )
+            s.add(row)
+            try:
+                s.commit()
+            except Exception:  # a concurrent retry of the same message won the insert
+                s.rollback()
+                existing = s.exec(
+                    select(InboxRow).where(InboxRow.protocol == protocol, InboxRow.sender == sender, InboxRow.message_key == message_key)
+                ).first()
+                if existing is None:
+                    raise
+                return existing, False
+            s.refresh(row)
+            return row, True
+
+    def update(self, row_id: int, **values) -> None:
+        with Session(self.engine) as s:
+            row = s.get(InboxRow, row_id)
+            if row is None:
+                return
+            for k, v in values.items():
+                setattr(row, k, v)
+            s.add(row)
+            s.commit()
+
+    def park(self, row_id: int, event_json: str, event_kind: str, event_id: str, keys: list[tuple[str, str]], status: str = "parked", error: str = "") -> None:
+        with Session(self.engine) as s:
+            row = s.get(InboxRow, row_id)
+            assert row is not None
+            row.status, row.event_json, row.event_kind, row.event_id, row.error = status, event_json, event_kind, event_id, error
+            s.add(row)
+            for kind, value in keys:
+                s.add(ParkedKeyRow(inbox_id=row_id, kind=kind, value=value))
+            s.commit()
+
+    def list(self, status: str | None = None, limit: int = 100) -> list[InboxRow]:
+        with Session(self.engine) as s:
+            q = select(InboxRow)
+            if status:
+                q = q.where(InboxRow.status == status)
+            return list(s.exec(q.order_by(InboxRow.id.desc()).limit(limit)).all())  # type: ignore[union-attr]
+
+    def referrals_awaiting_arrival(self, patient: str) -> list[str]:
+        """Loops of this patient (ID^^^issuer) that are booked and not yet arrived."""
+        with Session(self.engine) as s:
+            rids = s.exec(select(IdentifierRow.referral_id).where(IdentifierRow.kind == "patient", IdentifierRow.value == patient)).all()
+            if not rids:
+                return []
+            rows = s.exec(select(LoopRow.referral_id).where(LoopRow.referral_id.in_(rids), LoopRow.stage.in_(["ordered", "scheduled"]))).all()  # type: ignore[attr-defined]
+            return sorted(set(rows))

@@ -1,0 +1,158 @@
+"""What every gateway does with a translated message: keep it, deduplicate it, find its
+referral, and hand it to Temporal (or park it until its referral is known).
+
+The sender is acknowledged only after `Intake.receive` returns: by then the event is either
+durably in the workflow's history (signal-with-start) or durably parked in SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import structlog
+from pydantic import BaseModel
+from temporalio.client import Client
+
+from refloop.domain.events import EventBase
+from refloop.domain.policy import Policy
+from refloop.domain.referral import PatientId, referral_key
+from refloop.gateways.dispatch import signal_event
+from refloop.store.repo import InboxStore, Store, patient_key
+
+log = structlog.get_logger()
+
+
+class Keys(BaseModel):
+    """Identifiers a message carries that can tie it to a referral, strongest first."""
+
+    placer_order_number: str = ""
+    placer_system: str = ""
+    filler_order_number: str = ""
+    accession_number: str = ""
+    study_instance_uid: str = ""
+    sps_id: str = ""
+    requested_procedure_id: str = ""
+    patient: PatientId | None = None
+    # Patient alone may bind only events that can only concern a booked, not-yet-arrived loop.
+    match_patient_awaiting_arrival: bool = False
+
+    def lookup(self) -> list[tuple[str, str]]:
+        pairs = [
+            ("filler", self.filler_order_number),
+            ("accession", self.accession_number),
+            ("study_uid", self.study_instance_uid),
+            ("sps_id", self.sps_id),
+            ("rp_id", self.requested_procedure_id),
+        ]
+        return [(k, v) for k, v in pairs if v]
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"  # signalled to its loop
+    PARKED = "parked"  # kept until its referral is known
+    AMBIGUOUS = "ambiguous"  # more than one loop claims it: an operator decides
+    REJECTED = "rejected"  # could not be understood
+    DUPLICATE = "duplicate"  # seen before; answered as the first time
+
+
+@dataclass
+class Inbound:
+    protocol: str  # hl7, fhir, json, dicom, orthanc
+    sender: str
+    message_key: str  # the sender's idempotency key (MSH-10, resource id+version, event_id, ...)
+    message_type: str
+    raw: str
+    event: EventBase | None = None
+    keys: Keys = field(default_factory=Keys)
+    error: str = ""  # set when the gateway could not translate the message
+
+
+@dataclass
+class Result:
+    status: Status
+    referral_id: str = ""
+    detail: str = ""
+    first_status: Status | None = None  # for duplicates: what happened the first time
+
+    @property
+    def positive(self) -> bool:
+        """Should the sender get a positive acknowledgment?"""
+        status = self.first_status if self.status == Status.DUPLICATE else self.status
+        return status in (Status.ACCEPTED, Status.PARKED, Status.AMBIGUOUS)
+
+
+class Intake:
+    def __init__(self, client: Client, store: Store, task_queue: str, policy: Policy | None = None):
+        self.client = client
+        self.store = store
+        self.inbox = InboxStore(store.engine)
+        self.task_queue = task_queue
+        self.policy = policy or Policy()
+
+    async def receive(self, msg: Inbound) -> Result:
+        row, new = await asyncio.to_thread(self.inbox.claim, msg.protocol, msg.sender, msg.message_key, msg.message_type, msg.raw)
+        if not new and row.status not in ("received", "failed"):
+            log.info("inbound_duplicate", protocol=msg.protocol, message_key=msg.message_key, first_status=row.status)
+            first = Status.ACCEPTED if row.status == "released" else Status(row.status)
+            return Result(Status.DUPLICATE, row.referral_id, f"already {row.status}", first_status=first)
+        assert row.id is not None
+        if msg.error or msg.event is None:
+            await asyncio.to_thread(self.inbox.update, row.id, status=Status.REJECTED.value, error=msg.error or "no event")
+            log.info("inbound_rejected", protocol=msg.protocol, message_type=msg.message_type, error=msg.error)
+            return Result(Status.REJECTED, detail=msg.error)
+        try:
+            return await self._route(row.id, msg)
+        except Exception as err:
+            # Not acknowledged: the sender retries, and the retry finds this row as "failed".
+            await asyncio.to_thread(self.inbox.update, row.id, status="failed", error=str(err)[:2000])
+            raise
+
+    async def _route(self, row_id: int, msg: Inbound) -> Result:
+        assert msg.event is not None
+        candidates = await asyncio.to_thread(self.correlate, msg.keys)
+        if len(candidates) == 1:
+            return await self._dispatch(row_id, candidates[0], msg)
+        event_json = msg.event.model_dump_json()
+        kind = msg.event.kind  # type: ignore[attr-defined]
+        if len(candidates) > 1:
+            detail = f"{len(candidates)} referrals match: {', '.join(candidates)}"
+            await asyncio.to_thread(self.inbox.park, row_id, event_json, kind, msg.event.event_id, [], Status.AMBIGUOUS.value, detail)
+            log.warning("inbound_ambiguous", protocol=msg.protocol, event_kind=kind, candidates=len(candidates))
+            return Result(Status.AMBIGUOUS, detail=detail)
+        keys = msg.keys.lookup()
+        await asyncio.to_thread(self.inbox.park, row_id, event_json, kind, msg.event.event_id, keys)
+        # A loop may have indexed these identifiers while we parked: look once more.
+        again = await asyncio.to_thread(self.correlate, msg.keys)
+        if len(again) == 1:
+            return await self._dispatch(row_id, again[0], msg)
+        log.info("inbound_parked", protocol=msg.protocol, event_kind=kind)
+        return Result(Status.PARKED, detail="no referral known yet for " + (", ".join(f"{k}={v}" for k, v in keys) or "these identifiers"))
+
+    def correlate(self, keys: Keys) -> list[str]:
+        """Referral IDs this message belongs to: one is a match, several are ambiguous."""
+        if keys.placer_order_number:
+            return [referral_key(keys.placer_order_number, keys.placer_system)]
+        for kind, value in keys.lookup():  # strongest key that is known wins
+            found = self.store.find_referrals(kind, value)
+            if found:
+                return found
+        if keys.patient and keys.match_patient_awaiting_arrival:
+            return self.inbox.referrals_awaiting_arrival(patient_key(keys.patient))
+        return []
+
+    async def _dispatch(self, row_id: int, referral_id: str, msg: Inbound) -> Result:
+        assert msg.event is not None
+        await signal_event(self.client, self.task_queue, referral_id, msg.event, self.policy)
+        await asyncio.to_thread(
+            self.inbox.update,
+            row_id,
+            status=Status.ACCEPTED.value,
+            referral_id=referral_id,
+            event_kind=msg.event.kind,  # type: ignore[attr-defined]
+            event_id=msg.event.event_id,
+            event_json=msg.event.model_dump_json(),
+        )
+        log.info("inbound_accepted", protocol=msg.protocol, event_kind=msg.event.kind, referral_id=referral_id)  # type: ignore[attr-defined]
+        return Result(Status.ACCEPTED, referral_id)

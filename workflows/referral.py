@@ -191,6 +191,10 @@ class ReferralWorkflow:
         asyncio.create_task(run())
 
     async def _deliver(self, eff: machine.Deliver) -> None:
+        if not self._loop.referral.requester.endpoint:
+            # Nobody to send to yet: the delivery stays pending in the loop (and escalates
+            # on its deadline) until the order names an endpoint or delivery is reported.
+            return
         self._delivery_seq += 1
         seq = self._delivery_seq
         try:

@@ -28,7 +28,14 @@ class Settings:
     http_port: int = field(default_factory=lambda: int(_env("REFLOOP_HTTP_PORT", "8000")))
     dicom_port: int = field(default_factory=lambda: int(_env("REFLOOP_DICOM_PORT", "11112")))
     dicom_ae_title: str = field(default_factory=lambda: _env("REFLOOP_DICOM_AE_TITLE", "REFLOOP"))
+    # DICOM dates and times carry no zone: the department's local zone (IANA name).
+    dicom_timezone: str = field(default_factory=lambda: _env("REFLOOP_DICOM_TIMEZONE", "UTC"))
+    # Keep an item on the modality worklist after its MPPS started (default: it leaves).
+    mwl_keep_started: bool = field(default_factory=lambda: _env("REFLOOP_MWL_KEEP_STARTED", "0").lower() in ("1", "true", "yes"))
     orthanc_url: str = field(default_factory=lambda: _env("REFLOOP_ORTHANC_URL", ""))
+    orthanc_poll_seconds: float = field(default_factory=lambda: float(_env("REFLOOP_ORTHANC_POLL_SECONDS", "2")))
+    # POSTed once per loop when its study is ready to read (empty: no webhook).
+    reading_webhook: str = field(default_factory=lambda: _env("REFLOOP_READING_WEBHOOK", ""))
     # "system=token,system2=token2": bearer tokens per source system for the HTTP API.
     api_tokens: str = field(default_factory=lambda: _env("REFLOOP_API_TOKENS", ""))
 

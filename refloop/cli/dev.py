@@ -16,7 +16,11 @@ log = structlog.get_logger()
 
 # Services `refloop dev` runs beside the worker: "module:function", each an
 # `async def serve(settings, stop: asyncio.Event)` that returns once `stop` is set.
-DEV_SERVICES: list[str] = []
+DEV_SERVICES: list[str] = [
+    "refloop.gateways.dicom.server:serve",  # MWL + MPPS (+ C-ECHO) on REFLOOP_DICOM_PORT
+    "refloop.gateways.orthanc:serve",  # only when REFLOOP_ORTHANC_URL is set
+    "refloop.gateways.worklist:serve_reading_notifier",  # only when REFLOOP_READING_WEBHOOK is set
+]
 
 
 def register(sub) -> None:

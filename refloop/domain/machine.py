@@ -33,7 +33,7 @@ from refloop.domain.loop import (
     TimelineEntry,
 )
 from refloop.domain.policy import ESCALATION_LEVELS, Policy
-from refloop.domain.referral import Patient, Referral
+from refloop.domain.referral import Patient, PatientId, Referral
 
 # --- effects: plain data the workflow carries out as activities ----------------------------
 
@@ -342,6 +342,11 @@ def _step(loop: Loop, mpps_uid: str) -> ProcedureStep:
     return s
 
 
+def _same_patient_at_modality(seen: PatientId, booked: PatientId) -> bool:
+    """Modalities often send no Issuer of Patient ID: an unknown issuer is not another issuer."""
+    return seen.value == booked.value and (not seen.issuer or not booked.issuer or seen.issuer == booked.issuer)
+
+
 def _procedure_started(ctx: _Ctx, e: ev.ProcedureStarted) -> None:
     loop = ctx.loop
     ref = loop.referral
@@ -355,7 +360,7 @@ def _procedure_started(ctx: _Ctx, e: ev.ProcedureStarted) -> None:
             f"modality performed {e.procedure_code} {e.procedure_display}".strip() + f", booked {booked}",
             travels=True,
         )
-    if e.patient and ref.patient and e.patient != ref.patient.id:
+    if e.patient and ref.patient and not _same_patient_at_modality(e.patient, ref.patient.id):
         ctx.anomaly("patient_mismatch", f"modality reported patient {e.patient}, loop has {ref.patient.id}", travels=True)
     ctx.advance(Stage.IN_PROGRESS, e.occurred_at)
 

@@ -134,10 +134,17 @@ class Intake:
         """Referral IDs this message belongs to: one is a match, several are ambiguous."""
         if keys.placer_order_number:
             return [referral_key(keys.placer_order_number, keys.placer_system)]
-        for kind, value in keys.lookup():  # strongest key that is known wins
-            found = self.store.find_referrals(kind, value)
-            if found:
-                return found
+        # Every known key is evidence: loops all of them point at win. Keys that point at
+        # different loops are ambiguous (an operator decides), never a guess.
+        found = [set(self.store.find_referrals(kind, value)) for kind, value in keys.lookup()]
+        found = [f for f in found if f]
+        if found:
+            candidates = set.intersection(*found) or set.union(*found)
+            if len(candidates) > 1 and keys.patient:
+                # e.g. one accession shared by several requested procedures: the patient narrows it.
+                same_patient = candidates & set(self.store.find_referrals("patient", patient_key(keys.patient)))
+                candidates = same_patient or candidates
+            return sorted(candidates)
         if keys.patient and keys.match_patient_awaiting_arrival:
             return self.inbox.referrals_awaiting_arrival(patient_key(keys.patient))
         return []

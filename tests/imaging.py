@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
@@ -299,6 +300,11 @@ def performed_series(images_per_series: list[int]) -> Sequence:
     return Sequence(out)
 
 
+def started_for(booking, **kw) -> Dataset:
+    ids = booking.identifiers
+    return mpps_in_progress(accession=ids.accession_number, sps_id=ids.sps_id, study_uid=ids.study_instance_uid, rp_id=ids.requested_procedure_id, **kw)
+
+
 def mpps_final(status: str, images_per_series: list[int] = (), reason: str = "") -> Dataset:
     """An N-SET modification list that ends the step."""
     ds = Dataset()
@@ -457,3 +463,28 @@ async def receiver():
 
     async with http_server(app) as url:
         yield url, received
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A fresh Orthanc for one test (import this fixture into the test module)."""
+    server = Orthanc(tmp_path / "orthanc")
+    server.start()
+    yield server
+    server.stop()
+
+
+@asynccontextmanager
+async def watching(orthanc: Orthanc, intake):
+    """The archive watcher following `orthanc` in the background (its task as `.task`)."""
+    from refloop.gateways.orthanc import ArchiveWatcher
+
+    stop = asyncio.Event()
+    watcher = ArchiveWatcher(orthanc.url, intake, poll_seconds=0.3)
+    task = asyncio.create_task(watcher.run(stop))
+    watcher.task = task  # type: ignore[attr-defined]
+    try:
+        yield watcher
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

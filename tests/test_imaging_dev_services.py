@@ -8,8 +8,6 @@ import signal
 import socket
 from pathlib import Path
 
-import pytest
-
 from refloop.cli.dev import DEV_SERVICES, run_stack
 from refloop.config import Settings
 from refloop.gateways.intake import Intake
@@ -17,18 +15,10 @@ from refloop.store.db import make_engine
 from refloop.store.repo import Store
 from tests.conftest import unique
 from tests.helpers import wait_for
-from tests.imaging import AET, Modality, Orthanc, findscu, free_port, hand_over, imaging_order, mpps_final, receiver, write_study
-from tests.test_mpps_scp import started_for
+from tests.imaging import AET, Modality, findscu, free_port, hand_over, imaging_order, mpps_final, orthanc, receiver, started_for, write_study  # noqa: F401 (fixture)
 
 IMAGING = [s for s in DEV_SERVICES if s.startswith(("refloop.gateways.dicom", "refloop.gateways.orthanc", "refloop.gateways.worklist"))]
 
-
-@pytest.fixture
-def orthanc(tmp_path):
-    server = Orthanc(tmp_path / "orthanc")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def listening(port: int, timeout: float = 20) -> bool:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from refloop.domain import events as ev
 from refloop.domain.policy import Policy
 from refloop.domain.referral import PatientId
@@ -20,16 +18,8 @@ from refloop.gateways.worklist import reading_worklist
 from refloop.store.imaging import ImagingStore
 from tests.conftest import unique
 from tests.helpers import wait_for
-from tests.imaging import AET, MODALITY_AET, Orthanc, findscu, hand_over, imaging_env, mpps_final, mpps_in_progress, receiver, write_study
-from tests.test_orthanc_watcher import watching
+from tests.imaging import AET, MODALITY_AET, findscu, hand_over, imaging_env, mpps_final, mpps_in_progress, orthanc, receiver, watching, write_study  # noqa: F401 (fixture)
 
-
-@pytest.fixture
-def orthanc(tmp_path):
-    server = Orthanc(tmp_path / "orthanc")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_a_full_imaging_loop_closes(client, task_queue, store, orthanc, tmp_path):

@@ -14,14 +14,9 @@ from refloop.domain.referral import PatientId
 from refloop.store.imaging import ImagingStore
 from tests.conftest import unique
 from tests.helpers import wait_for
-from tests.imaging import Modality, dicom_gateway, imaging_env, mpps_final, mpps_in_progress
+from tests.imaging import Modality, dicom_gateway, imaging_env, mpps_final, mpps_in_progress, started_for
 
 NAME = "Müller^Jürgen"
-
-
-def started_for(booking, **kw) -> Dataset:
-    ids = booking.identifiers
-    return mpps_in_progress(accession=ids.accession_number, sps_id=ids.sps_id, study_uid=ids.study_instance_uid, rp_id=ids.requested_procedure_id, **kw)
 
 
 async def create(env, attrs: Dataset, uid: str | None = None) -> tuple[int, Dataset, str]:

@@ -4,7 +4,6 @@ reports the stable study on /changes, the loop learns its images are archived.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import httpx
 import pytest
@@ -17,28 +16,8 @@ from refloop.store.imaging import ImagingStore
 from refloop.store.tables import InboxRow
 from tests.conftest import unique
 from tests.helpers import wait_for
-from tests.imaging import Orthanc, imaging_env, mpps_final, write_study
+from tests.imaging import imaging_env, mpps_final, orthanc, started_for, watching, write_study  # noqa: F401 (fixture)
 
-
-@pytest.fixture
-def orthanc(tmp_path):
-    server = Orthanc(tmp_path / "orthanc")
-    server.start()
-    yield server
-    server.stop()
-
-
-@contextlib.asynccontextmanager
-async def watching(orthanc: Orthanc, intake):
-    stop = asyncio.Event()
-    watcher = ArchiveWatcher(orthanc.url, intake, poll_seconds=0.3)
-    task = asyncio.create_task(watcher.run(stop))
-    watcher.task = task  # type: ignore[attr-defined]
-    try:
-        yield watcher
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 def archived_messages(store) -> list[InboxRow]:
@@ -52,8 +31,6 @@ async def test_archived_study_reconciles_with_mpps_and_missing_images_escalate(c
         _, booking = await env.book(rid, accession=acc)
         study_uid = booking.identifiers.study_instance_uid
         mpps = generate_uid()
-        from tests.test_mpps_scp import started_for
-
         status, _ = await asyncio.to_thread(env.modality.create, started_for(booking), mpps)
         assert status.Status == 0
         status, _ = await asyncio.to_thread(env.modality.set, mpps, mpps_final("COMPLETED", [5]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone, tzinfo
 
 import structlog
@@ -41,6 +42,9 @@ NOT_SETTABLE = frozenset(
 )
 
 
+Reply = tuple[int | Dataset, Dataset | None]  # (status, attribute list) as pynetdicom wants it
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -66,9 +70,19 @@ class MppsService:
     def _hand_over(self, inbound: Inbound) -> Result:
         return asyncio.run_coroutine_threadsafe(self.intake.receive(inbound), self.loop).result(self.timeout)
 
+    def _serialized(self, uid: str, operation: str, work: Callable[[], Reply]) -> Reply:
+        """One message per instance at a time. An unexpected failure (Temporal or SQL away) is
+        answered 0x0110 with a comment: nothing was recorded, so the modality's retry is safe."""
+        with self._lock(uid):
+            try:
+                return work()
+            except Exception as err:
+                log.exception("mpps_failed", mpps_uid=uid, operation=operation)
+                return failure(PROCESSING_FAILURE, f"cannot record the step now ({type(err).__name__}); retry"), None
+
     # --- N-CREATE -------------------------------------------------------------------------------
 
-    def on_create(self, event) -> tuple[int | Dataset, Dataset | None]:
+    def on_create(self, event) -> Reply:
         """pynetdicom EVT_N_CREATE handler."""
         calling = event.assoc.requestor.ae_title
         requested = event.request.AffectedSOPInstanceUID
@@ -78,29 +92,22 @@ class MppsService:
             attrs.decode()
         except Exception:
             return failure(ATTRIBUTE_LIST_ERROR, "attribute list cannot be decoded"), None
-        with self._lock(uid):
-            try:
-                status = self._create(uid, attrs, calling)
-            except Exception as err:
-                log.exception("mpps_create_failed", mpps_uid=uid)
-                return failure(PROCESSING_FAILURE, f"cannot record the step now ({type(err).__name__}); retry"), None
-        if status is not None:
-            return status, None
-        if requested:
-            return 0x0000, None
-        reply = Dataset()
-        reply.AffectedSOPInstanceUID = uid  # PS3.7 10.1.5.1.4: we assigned it, so we return it
-        return 0x0000, reply
+        reply = self._serialized(uid, "create", lambda: self._create(uid, attrs, calling))
+        if reply[0] != 0x0000 or requested:  # a failure is a status Dataset, never 0
+            return reply
+        assigned = Dataset()
+        assigned.AffectedSOPInstanceUID = uid  # PS3.7 10.1.5.1.4: we assigned it, so we return it
+        return 0x0000, assigned
 
-    def _create(self, uid: str, attrs: Dataset, calling: str) -> Dataset | None:
+    def _create(self, uid: str, attrs: Dataset, calling: str) -> Reply:
         state = mp.text(attrs, "PerformedProcedureStepStatus")
         if not state:
-            return failure(MISSING_ATTRIBUTE, "Performed Procedure Step Status (0040,0252) missing")
+            return failure(MISSING_ATTRIBUTE, "Performed Procedure Step Status (0040,0252) missing"), None
         if state != IN_PROGRESS:
-            return failure(INVALID_VALUE, f"N-CREATE status must be IN PROGRESS, not {state}")
+            return failure(INVALID_VALUE, f"N-CREATE status must be IN PROGRESS, not {state}"), None
         row = self.imaging.get_mpps(uid)
         if row is not None and row.status != ORPHAN:
-            return failure(DUPLICATE_INSTANCE, f"MPPS instance exists ({row.status})")
+            return failure(DUPLICATE_INSTANCE, f"MPPS instance exists ({row.status})"), None
         all_keys = mp.step_keys(attrs)
         now = _now()
         results = [
@@ -146,11 +153,11 @@ class MppsService:
         for mods in pending:  # N-SETs that came before this N-CREATE, in their order
             status, _ = self._set(uid, Dataset.from_json(mods), calling)
             log.info("mpps_set_replayed", mpps_uid=uid, status=status if isinstance(status, int) else int(status.Status))
-        return None
+        return 0x0000, None
 
     # --- N-SET ----------------------------------------------------------------------------------
 
-    def on_set(self, event) -> tuple[int | Dataset, Dataset | None]:
+    def on_set(self, event) -> Reply:
         """pynetdicom EVT_N_SET handler."""
         calling = event.assoc.requestor.ae_title
         uid = str(event.request.RequestedSOPInstanceUID)
@@ -159,14 +166,9 @@ class MppsService:
             mods.decode()
         except Exception:
             return failure(ATTRIBUTE_LIST_ERROR, "modification list cannot be decoded"), None
-        with self._lock(uid):
-            try:
-                return self._set(uid, mods, calling)
-            except Exception as err:
-                log.exception("mpps_set_failed", mpps_uid=uid)
-                return failure(PROCESSING_FAILURE, f"cannot record the step now ({type(err).__name__}); retry"), None
+        return self._serialized(uid, "set", lambda: self._set(uid, mods, calling))
 
-    def _set(self, uid: str, mods: Dataset, calling: str) -> tuple[int | Dataset, Dataset | None]:
+    def _set(self, uid: str, mods: Dataset, calling: str) -> Reply:
         row = self.imaging.get_mpps(uid)
         if row is None or row.status == ORPHAN:
             waiting = self.imaging.park_mpps_set(uid, calling, mods.to_json_dict())

@@ -14,7 +14,7 @@ from refloop.domain.referral import PatientId
 from refloop.store.imaging import ImagingStore
 from tests.conftest import unique
 from tests.helpers import wait_for
-from tests.imaging import Modality, dicom_gateway, imaging_env, mpps_final, mpps_in_progress, started_for
+from tests.imaging import Modality, dicom_gateway, imaging_env, mpps_final, mpps_in_progress, persisted, started_for
 
 NAME = "Müller^Jürgen"
 
@@ -187,8 +187,6 @@ async def test_other_procedure_or_patient_is_a_discrepancy_that_travels_with_the
         entry = next(t for t in loop.timeline if t.kind == "procedure_started")
         assert "procedure_mismatch" in entry.note and "patient_mismatch" in entry.note
         # The read model flags the loop for operators too.
-        from tests.imaging import persisted
-
         assert await persisted(store, rid, lambda lp: lp.needs_attention)
 
 
@@ -199,8 +197,8 @@ async def test_correlation_by_step_keys_then_patient_and_accession(client, task_
     acc = unique("ACC")
     other = PatientId(value="PID_2", issuer="ADT1")
     async with imaging_env(client, task_queue, store) as env:
-        _, book_a = await env.book(f"{p}-a", accession=acc, sps_id=f"{p}-SPS-A")
-        _, book_b = await env.book(f"{p}-b", accession=acc, sps_id=f"{p}-SPS-B", patient=other)
+        await env.book(f"{p}-a", accession=acc, sps_id=f"{p}-SPS-A")
+        await env.book(f"{p}-b", accession=acc, sps_id=f"{p}-SPS-B", patient=other)
         by_sps = mpps_in_progress(accession=acc, sps_id=f"{p}-SPS-A")
         assert (await create(env, by_sps, generate_uid()))[0] == 0x0000
         by_patient = mpps_in_progress(accession=acc, patient_id="PID_2", issuer="ADT1")

@@ -5,11 +5,9 @@ must agree."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest

@@ -14,7 +14,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from refloop.domain import events as ev
 from refloop.domain.referral import PatientId
 from tests.conftest import unique
-from tests.imaging import AET, dicom_gateway, findscu, hand_over, imaging_env, mpps_in_progress, persisted
+from tests.imaging import AET, Modality, dicom_gateway, findscu, hand_over, imaging_env, imaging_order, mpps_in_progress, persisted
 
 NAME = "Müller^Jürgen"
 
@@ -59,10 +59,8 @@ async def test_scheduled_and_arrived_loops_are_listed_others_not(client, task_qu
         await env.book(f"{p}-a", accession=f"{p}-1")
         await env.book(f"{p}-b", accession=f"{p}-2", patient=PatientId(value="P2", issuer="ADT1"))
         await hand_over(env.intake, f"{p}-b", ev.Arrived(event_id=f"{p}-b-arr", occurred_at=datetime.now(timezone.utc), patient=PatientId(value="P2", issuer="ADT1")))
-        o, _ = await env.book(f"{p}-c", accession=f"{p}-3")
+        await env.book(f"{p}-c", accession=f"{p}-3")
         await hand_over(env.intake, f"{p}-c", ev.ReferralCancelled(event_id=f"{p}-c-ca", occurred_at=datetime.now(timezone.utc), reason="requester"))
-        from tests.imaging import imaging_order
-
         ordered_only, _ = imaging_order(f"{p}-d", accession=f"{p}-4")
         await hand_over(env.intake, f"{p}-d", ordered_only)
         await persisted(env.store, f"{p}-b", lambda lp: lp.stage.value == "arrived")
@@ -85,8 +83,6 @@ async def test_item_leaves_the_worklist_once_its_mpps_starts_unless_configured(c
         # Gone at once: the SCP's own MPPS record says so before the loop's state is persisted.
         assert (await asyncio.to_thread(env.modality.find, q))[0] == []
         async with dicom_gateway(store, env.intake, keep_started=True) as keeping:
-            from tests.imaging import Modality
-
             await persisted(store, o.placer_order_number, lambda lp: lp.stage.value == "in_progress")
             found, _ = await asyncio.to_thread(Modality(keeping).find, q)
             assert [r.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus for r in found] == ["STARTED"]

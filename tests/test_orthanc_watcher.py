@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import pytest
 from pydicom.uid import generate_uid
 from sqlmodel import Session, select
 

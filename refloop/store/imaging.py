@@ -67,21 +67,24 @@ class ImagingStore:
 
     # --- worklists ----------------------------------------------------------------------------
 
-    def loops_in_stages(
+    def loops_in_stages(self, stages: Iterable[str], **narrow) -> list[Loop]:
+        return [Loop.model_validate_json(j) for _, j in self.loop_states_in_stages(stages, **narrow)]
+
+    def loop_states_in_stages(
         self,
         stages: Iterable[str],
         *,
         modality: str = "",
         accession_number: str = "",
         exclude_started: bool = False,
-    ) -> list[Loop]:
-        """Loops in these stages, narrowed on the indexed columns when the caller knows the value.
+    ) -> list[tuple[str, str]]:
+        """(referral_id, loop JSON) in these stages, narrowed on indexed columns when known.
 
         exclude_started drops loops with an MPPS in progress or completed: the SCP writes the
         MPPS row before the workflow persists the new stage, so this closes that window.
         """
         with Session(self.engine) as s:
-            q = select(LoopRow.state_json).where(LoopRow.stage.in_(list(stages)))  # type: ignore[attr-defined]
+            q = select(LoopRow.referral_id, LoopRow.state_json).where(LoopRow.stage.in_(list(stages)))  # type: ignore[attr-defined]
             if modality:
                 q = q.where(LoopRow.modality == modality)
             if accession_number:
@@ -91,7 +94,7 @@ class ImagingStore:
                     MppsRow.referral_id != "", MppsRow.status.in_([IN_PROGRESS, COMPLETED])  # type: ignore[attr-defined]
                 )
                 q = q.where(LoopRow.referral_id.not_in(started))  # type: ignore[attr-defined]
-            return [Loop.model_validate_json(j) for j in s.exec(q.order_by(LoopRow.referral_id)).all()]
+            return [(rid, j) for rid, j in s.exec(q.order_by(LoopRow.referral_id)).all()]
 
     # --- MPPS instances -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ several), sequence matching, and SPS keys sent flat at the top level by some mod
 
 from __future__ import annotations
 
+import copy
 import re
 
 from pydicom import Dataset
@@ -242,6 +243,8 @@ def _answer_level(query: Dataset, item: Dataset, lookup) -> Dataset:
             key = _sequence_key(elem) if elem.VR == "SQ" else None
             if key is not None:
                 items = [_answer_level(key, it, _item_lookup) for it in items if _match_level(key, it, _item_lookup)]
+            else:
+                items = [copy.copy(it) for it in items]  # whole items: never hand out the entity's own
             out.add(DataElement(elem.tag, "SQ", Sequence(items)))
             continue
         value = target.value if target is not None else None

@@ -4,6 +4,8 @@ procedure steps of loops that are scheduled or arrived, read from the SQL read m
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import tzinfo
 
@@ -11,7 +13,7 @@ import structlog
 from pydicom import Dataset
 from pydicom.tag import Tag
 
-from refloop.domain.loop import Stage
+from refloop.domain.loop import Loop, Stage
 from refloop.gateways.dicom import charset
 from refloop.gateways.dicom.items import worklist_item
 from refloop.gateways.dicom.matching import SPS, QueryError, answer, matches
@@ -38,10 +40,30 @@ def _exact(query: Dataset, tag) -> str:
 
 
 class WorklistProvider:
+    CACHE_SIZE = 10_000
+
     def __init__(self, imaging: ImagingStore, tz: tzinfo, keep_started: bool = False):
         self.imaging = imaging
         self.tz = tz
         self.keep_started = keep_started
+        # Modalities poll; loops change seldom. Building a pydicom item is most of a query's
+        # cost, so items are kept per (referral, state) and rebuilt when the state changes.
+        self._items: OrderedDict[tuple[str, int], Dataset] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _item(self, referral_id: str, state_json: str) -> Dataset:
+        key = (referral_id, hash(state_json))
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                return item
+        item = worklist_item(Loop.model_validate_json(state_json), self.tz)
+        with self._lock:
+            self._items[key] = item
+            while len(self._items) > self.CACHE_SIZE:
+                self._items.popitem(last=False)
+        return item
 
     def stages(self) -> list[str]:
         stages = [Stage.SCHEDULED.value, Stage.ARRIVED.value]
@@ -50,14 +72,14 @@ class WorklistProvider:
     def find(self, query: Dataset) -> Iterator[Dataset]:
         """Responses for a query, each with exactly its keys. Raises QueryError on bad key values."""
         peer = charset.declared(query)
-        loops = self.imaging.loops_in_stages(
+        states = self.imaging.loop_states_in_stages(
             self.stages(),
             modality=_exact(query, _MODALITY),
             accession_number=_exact(query, _ACCESSION),
             exclude_started=not self.keep_started,
         )
-        for loop in loops:
-            item = worklist_item(loop, self.tz)
+        for referral_id, state_json in states:
+            item = self._item(referral_id, state_json)
             if matches(query, item):
                 yield charset.with_charset(answer(query, item), peer)
 

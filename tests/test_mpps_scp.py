@@ -72,6 +72,11 @@ async def test_discontinuation_reason_decides_the_outcome(client, task_queue, st
             assert "allergic" in loop.outcome_reason
         if reason == "110514":
             assert any(a.code == "wrong_worklist_entry" for a in loop.open_anomalies)
+            await persisted(store, rid, lambda lp: lp.stage.value == "scheduled")
+            query = Dataset()
+            query.AccessionNumber = acc
+            found, _ = await asyncio.to_thread(env.modality.find, query)
+            assert len(found) == 1  # back on the modality's worklist for the right entry to be picked
         assert ImagingStore(store.engine).get_mpps(uid).reason_code == reason
 
 

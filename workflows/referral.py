@@ -250,8 +250,8 @@ class ReferralWorkflow:
 
     def _arm_timer(self) -> None:
         deadline = machine.next_deadline(self._loop, self._policy)
-        if deadline is None:
-            return
+        if deadline is None or (deadline.action == "complete" and self._complete):
+            return  # nothing to wait for, or completion already under way
         now = workflow.now()
         if deadline.at <= now:
             self._timer_fired = True

@@ -16,7 +16,9 @@ log = structlog.get_logger()
 
 # Services `refloop dev` runs beside the worker: "module:function", each an
 # `async def serve(settings, stop: asyncio.Event)` that returns once `stop` is set.
-DEV_SERVICES: list[str] = []
+DEV_SERVICES: list[str] = [
+    "refloop.gateways.http.server:serve",
+]
 
 
 def register(sub) -> None:

@@ -26,6 +26,8 @@ class Settings:
     bind_host: str = field(default_factory=lambda: _env("REFLOOP_BIND_HOST", "127.0.0.1"))
     mllp_port: int = field(default_factory=lambda: int(_env("REFLOOP_MLLP_PORT", "2575")))
     http_port: int = field(default_factory=lambda: int(_env("REFLOOP_HTTP_PORT", "8000")))
+    # MSH-11 processing IDs the MLLP listener accepts ("P,T" also takes training messages).
+    hl7_processing_ids: str = field(default_factory=lambda: _env("REFLOOP_HL7_PROCESSING_IDS", "P"))
     dicom_port: int = field(default_factory=lambda: int(_env("REFLOOP_DICOM_PORT", "11112")))
     dicom_ae_title: str = field(default_factory=lambda: _env("REFLOOP_DICOM_AE_TITLE", "REFLOOP"))
     orthanc_url: str = field(default_factory=lambda: _env("REFLOOP_ORTHANC_URL", ""))

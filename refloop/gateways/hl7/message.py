@@ -9,6 +9,7 @@ import hl7
 
 from refloop.domain.events import EventBase
 from refloop.domain.referral import Patient
+from refloop.gateways.hl7.errors import Hl7Error
 from refloop.gateways.hl7.fields import Segment, entity_id, first, patient_id, val
 from refloop.gateways.intake import Keys
 
@@ -72,6 +73,18 @@ def occurrence(msg: hl7.Message, seg: Segment) -> int:
             if s is seg:
                 return n
     return 1
+
+
+def table_value(msg: hl7.Message, seg: Segment, field: int, table: dict[str, str], what: str) -> str:
+    """A required coded field whose value must be one we handle (101 if empty, 103 if unknown)."""
+    sid, seq = str(seg[0]), occurrence(msg, seg)
+    value = val(seg, field).upper()
+    if not value:
+        raise Hl7Error(101, f"{what} ({sid}-{field}) is empty", sid, seq, field)
+    if value not in table:
+        known = ", ".join(f"{k} ({v})" for k, v in table.items())
+        raise Hl7Error(103, f"{what} {value!r} is not supported; supported: {known}", sid, seq, field)
+    return value
 
 
 def patient_of(pid: Segment | None) -> Patient | None:

@@ -14,7 +14,7 @@ from refloop.domain import events as ev
 from refloop.domain.referral import Appointment, Identifiers, Requester, ServicePlan
 from refloop.gateways.hl7.errors import Hl7Error
 from refloop.gateways.hl7.fields import Segment, coded, first, person, priority, reps, ts, val
-from refloop.gateways.hl7.message import Header, Item, OrderRef, occurrence, order_groups, patient_of
+from refloop.gateways.hl7.message import Header, Item, OrderRef, occurrence, order_groups, patient_of, table_value
 
 ORDER_CONTROLS = {
     "NW": "new order",
@@ -45,12 +45,7 @@ def translate(msg: hl7.Message, header: Header) -> list[Item]:
 
 def _order_event(msg, group, orc: Segment, obr: Segment | None, header: Header, i: int, total: int, patient):
     seq = occurrence(msg, orc)
-    control = val(orc, 1).upper()
-    if not control:
-        raise Hl7Error(101, "order control (ORC-1) is empty", "ORC", seq, 1)
-    if control not in ORDER_CONTROLS:
-        known = ", ".join(f"{k} ({v})" for k, v in ORDER_CONTROLS.items())
-        raise Hl7Error(103, f"order control {control!r} is not supported; supported: {known}", "ORC", seq, 1)
+    control = table_value(msg, orc, 1, ORDER_CONTROLS, "order control")
     ref = OrderRef.of(orc, obr)
     ipc, tq1 = first(group, "IPC"), first(group, "TQ1")
     ids = Identifiers(

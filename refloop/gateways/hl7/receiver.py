@@ -8,7 +8,7 @@ resend is deduplicated by MSH-10.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import structlog
 
@@ -25,12 +25,13 @@ _NOT_TAKEN = "temporarily unable to accept the message (workflow engine or store
 
 
 class Hl7Receiver:
-    def __init__(self, intake: Intake, processing_ids: Collection[str] = ("P",)):
+    def __init__(self, intake: Intake, processing_ids: Collection[str] = ("P",), requester_endpoints: Mapping[str, str] | None = None):
         self.intake = intake
-        self.processing_ids = frozenset(p.upper() for p in processing_ids)
+        self.processing_ids = frozenset(p.strip().upper() for p in processing_ids if p.strip())
+        self.requester_endpoints = dict(requester_endpoints or {})
 
     async def handle(self, data: bytes) -> bytes:
-        t = translate(data, self.processing_ids)
+        t = translate(data, self.processing_ids, self.requester_endpoints)
         try:
             code, text, error = await self._receive(t)
         except Exception as err:  # noqa: BLE001 - whatever failed, the sender must resend
@@ -47,9 +48,8 @@ class Hl7Receiver:
             await self.intake.receive(Inbound(PROTOCOL, t.sender, item.message_key, t.message_type, t.text, item.event, item.keys))
             for item in t.items
         ]
-        if not all(r.positive for r in results):
-            # Only a resend of a message once rejected gets here (same MSH-10, now readable).
-            err = Hl7Error(205, f"message control ID {t.message_key!r} was received before and rejected; send corrections under a new MSH-10", "MSH", field=10)
+        if not all(r.positive for r in results):  # the intake refused it earlier under this key
+            err = Hl7Error(205, f"message control ID {t.message_key!r} was received before and refused; resend under a new MSH-10", "MSH", field=10)
             return "AR", str(err), err
         return "AA", "; ".join(_outcome(r) for r in results), None
 

@@ -21,7 +21,7 @@ import hl7
 from refloop.domain import events as ev
 from refloop.gateways.hl7.errors import Hl7Error
 from refloop.gateways.hl7.fields import Segment, first, segments, ts, val
-from refloop.gateways.hl7.message import Header, Item, OrderRef, occurrence, order_groups
+from refloop.gateways.hl7.message import Header, Item, OrderRef, occurrence, order_groups, table_value
 
 RESULT_STATUSES = {"P": "preliminary", "F": "final", "C": "corrected", "M": "corrected, not final", "X": "cancelled"}
 CRITICAL_FLAGS = {"AA", "HH", "LL"}  # table 0078: very abnormal / panic limits
@@ -41,12 +41,7 @@ def _report(msg: hl7.Message, group: list[Segment], header: Header, i: int, tota
     obr = first(group, "OBR")
     assert obr is not None
     seq = occurrence(msg, obr)
-    status = val(obr, 25).upper()
-    if not status:
-        raise Hl7Error(101, "result status (OBR-25) is empty", "OBR", seq, 25)
-    if status not in RESULT_STATUSES:
-        known = ", ".join(f"{k} ({v})" for k, v in RESULT_STATUSES.items())
-        raise Hl7Error(103, f"result status {status!r} is not one we act on; supported: {known}", "OBR", seq, 25)
+    status = table_value(msg, obr, 25, RESULT_STATUSES, "result status")
     obxs = segments(group, "OBX")
     ref = OrderRef.of(first(group, "ORC"), obr)
     study = next((val(o, 5) for o in obxs if val(o, 3) == DICOM_STUDY and val(o, 5)), "")

@@ -117,7 +117,7 @@ async def serve(settings, stop: asyncio.Event) -> None:
         settings.temporal_address, namespace=settings.namespace, data_converter=pydantic_data_converter, lazy=True
     )
     intake = Intake(client, Store(make_engine(settings.db_url)), settings.task_queue, settings.policy())
-    server = MllpServer(Hl7Receiver(intake, settings.hl7_processing_ids.split(",")))
+    server = MllpServer(Hl7Receiver(intake, settings.hl7_processing_ids.split(","), settings.hl7_requester_endpoints()))
     await server.start(settings.bind_host, settings.mllp_port)
     try:
         await stop.wait()

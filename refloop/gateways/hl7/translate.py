@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import hl7
 
+from refloop.domain import events as ev
 from refloop.gateways.hl7 import adt, orders, results, scheduling
 from refloop.gateways.hl7.decode import decode_message
 from refloop.gateways.hl7.errors import Hl7Error
@@ -45,11 +46,17 @@ class Translation:
     header: Header | None = None
     items: list[Item] = field(default_factory=list)
     error: Hl7Error | None = None
-    digest: str = ""  # identifies a message without a usable MSH-10
+    digest: str = ""  # sha256 of the bytes received
 
     @property
     def message_key(self) -> str:
-        return self.header.control_id if self.header and self.header.control_id else f"sha256:{self.digest}"
+        """Idempotency key: MSH-10. A rejected message is also keyed by its content, so that a
+        garbled message reusing a control ID is kept too, and a corrected resend is not
+        mistaken for the rejected one."""
+        control = self.header.control_id if self.header else ""
+        if not control:
+            return f"sha256:{self.digest}"
+        return f"{control}@{self.digest[:16]}" if self.error else control
 
     @property
     def sender(self) -> str:
@@ -60,7 +67,9 @@ class Translation:
         return self.header.message_type if self.header else ""
 
 
-def translate(data: bytes, processing_ids: Collection[str] = ("P",)) -> Translation:
+def translate(data: bytes, processing_ids: Collection[str] = ("P",), requester_endpoints: Mapping[str, str] | None = None) -> Translation:
+    """`requester_endpoints` maps a placer (MSH-3 application, or "application/facility") to
+    where its results go, for orders that do not say so themselves."""
     digest = hashlib.sha256(data).hexdigest()[:32]
     try:
         decoded = decode_message(data)
@@ -76,6 +85,7 @@ def translate(data: bytes, processing_ids: Collection[str] = ("P",)) -> Translat
         t.header = _header(t.message)
         _check_header(t.message, t.header, processing_ids)
         t.items = SUPPORTED[t.header.message_type](t.message, t.header)
+        _route_results(t, requester_endpoints or {})
     except Hl7Error as err:
         if err.code == 100 and t.message is not None and len(t.message) == 1:
             err.reason += " (the message has a single segment: are the segment separators missing?)"
@@ -83,6 +93,14 @@ def translate(data: bytes, processing_ids: Collection[str] = ("P",)) -> Translat
     except Exception as err:  # noqa: BLE001 - a parser or model failure must still be answered
         t.error = Hl7Error(207, f"the message could not be read ({type(err).__name__})")
     return t
+
+
+def _route_results(t: Translation, endpoints: Mapping[str, str]) -> None:
+    assert t.header is not None and t.message is not None
+    endpoint = endpoints.get(t.header.sender) or endpoints.get(hd(t.message[0], 3))
+    for item in t.items:
+        if endpoint and isinstance(item.event, ev.OrderPlaced) and not item.event.requester.endpoint:
+            item.event.requester = item.event.requester.model_copy(update={"endpoint": endpoint, "channel": "fhir"})
 
 
 def _header(msg: hl7.Message) -> Header:

@@ -280,6 +280,21 @@ async def test_bad_input_is_answered_and_the_connection_and_listener_keep_servin
     assert len(rejected) == len(bad) and all(r.error for r in rejected)
 
 
+async def test_an_oversized_frame_ends_only_its_connection(stack):
+    small = MllpServer(Hl7Receiver(Intake(stack.client, stack.store, "tq-small")), max_frame=4096)
+    port = await small.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x0b" + b"X" * 20000)  # no end block in sight
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the listener
+        writer.close()
+        ack = await send(port, variant("dcm4che/ADT_A31-UpdatePersonInfo.hl7"))
+        assert ack_code(ack) == "AR"  # the listener still answers
+    finally:
+        await small.stop()
+
+
 async def test_a_rejected_message_sent_again_is_kept_once_and_rejected_again(stack):
     bad = variant(OMI, {"MSH.F10": f"B-{unique()}", "ORC.F1": "ZZ"})
     acks = [await send(stack.port, bad) for _ in range(2)]

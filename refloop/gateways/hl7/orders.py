@@ -11,10 +11,11 @@ import re
 import hl7
 
 from refloop.domain import events as ev
-from refloop.domain.referral import Appointment, Identifiers, Requester, ServicePlan
+from refloop.domain.referral import Appointment, Identifiers, Patient, Requester, ServicePlan
 from refloop.gateways.hl7.errors import Hl7Error
 from refloop.gateways.hl7.fields import Segment, coded, first, person, priority, reps, ts, val
 from refloop.gateways.hl7.message import Header, Item, OrderRef, occurrence, order_groups, patient_of, table_value
+from refloop.gateways.intake import Keys
 
 ORDER_CONTROLS = {
     "NW": "new order",
@@ -43,7 +44,9 @@ def translate(msg: hl7.Message, header: Header) -> list[Item]:
     return items
 
 
-def _order_event(msg, group, orc: Segment, obr: Segment | None, header: Header, i: int, total: int, patient):
+def _order_event(
+    msg: hl7.Message, group: list[Segment], orc: Segment, obr: Segment | None, header: Header, i: int, total: int, patient: Patient | None
+) -> tuple[ev.EventBase, Keys]:
     seq = occurrence(msg, orc)
     control = table_value(msg, orc, 1, ORDER_CONTROLS, "order control")
     ref = OrderRef.of(orc, obr)

@@ -34,8 +34,9 @@ def unframe(block: bytes) -> tuple[bytes, int]:
 
 
 class MllpServer:
-    def __init__(self, receiver: Hl7Receiver):
+    def __init__(self, receiver: Hl7Receiver, max_frame: int = MAX_FRAME):
         self.receiver = receiver
+        self.max_frame = max_frame
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._idle: set[asyncio.Task[Any]] = set()  # waiting for their next frame
@@ -43,7 +44,7 @@ class MllpServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (pass 0 for a free one)."""
-        self._server = await start_hl7_server(self._connected, host, port, limit=MAX_FRAME)
+        self._server = await start_hl7_server(self._connected, host, port, limit=self.max_frame)
         bound = self._server.sockets[0].getsockname()[1]
         log.info("mllp_listening", host=host, port=bound)
         return bound
@@ -85,7 +86,7 @@ class MllpServer:
                         log.warning("mllp_incomplete_frame", peer=peer, bytes=len(err.partial))
                     return
                 except asyncio.LimitOverrunError:
-                    log.warning("mllp_frame_too_large", peer=peer, limit=MAX_FRAME)
+                    log.warning("mllp_frame_too_large", peer=peer, limit=self.max_frame)
                     return
                 finally:
                     self._idle.discard(me)

@@ -27,8 +27,9 @@ from refloop.gateways.intake import Intake
 from refloop.store.db import make_engine
 from refloop.store.repo import InboxStore, Store
 from refloop.store.tables import InboxRow
-from refloop.temporal import SEARCH_ATTRIBUTES, workflow_id
+from refloop.temporal import SEARCH_ATTRIBUTES
 from tests.conftest import SAMPLES
+from tests.helpers import wait_for
 from workers.main import build_worker
 
 HL7_SAMPLES = SAMPLES / "hl7v2"
@@ -67,13 +68,7 @@ class Stack:
 
     async def loop(self, referral_id: str, until=lambda lp: True, timeout: float = 15.0) -> Loop:
         """The loop's live state (query `state`), once `until` holds (or the timeout passes)."""
-        handle = self.client.get_workflow_handle(workflow_id(referral_id))
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            loop = await handle.query("state", result_type=Loop)
-            if until(loop) or asyncio.get_running_loop().time() > deadline:
-                return loop
-            await asyncio.sleep(0.1)
+        return await wait_for(self.client, referral_id, until, timeout)
 
     async def persisted(self, predicate, timeout: float = 15.0) -> bool:
         """Wait until the SQL read model satisfies `predicate(store)`."""

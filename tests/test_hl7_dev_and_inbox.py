@@ -36,6 +36,7 @@ async def test_refloop_dev_serves_mllp_and_the_inbox_shows_it(temporal_env, tmp_
         namespace=client.namespace,
         task_queue="tq-dev",
         mllp_port=_free_port(),
+        http_port=_free_port(),  # the HTTP gateway is a dev service too
     )
     stop = asyncio.Event()
     # The whole dev stack (worker + every dev service) as `refloop dev` runs it.

@@ -191,6 +191,10 @@ class ReferralWorkflow:
         asyncio.create_task(run())
 
     async def _deliver(self, eff: machine.Deliver) -> None:
+        if not self._loop.referral.requester.endpoint:
+            # Nobody to send to yet: the delivery stays pending in the loop (and escalates
+            # on its deadline) until the order names an endpoint or delivery is reported.
+            return
         self._delivery_seq += 1
         seq = self._delivery_seq
         try:
@@ -246,8 +250,8 @@ class ReferralWorkflow:
 
     def _arm_timer(self) -> None:
         deadline = machine.next_deadline(self._loop, self._policy)
-        if deadline is None:
-            return
+        if deadline is None or (deadline.action == "complete" and self._complete):
+            return  # nothing to wait for, or completion already under way
         now = workflow.now()
         if deadline.at <= now:
             self._timer_fired = True

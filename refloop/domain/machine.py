@@ -443,7 +443,7 @@ def _report_issued(ctx: _Ctx, e: ev.ReportIssued) -> None:
     loop = ctx.loop
     report = loop.report
     if e.status == "preliminary":
-        if report.version:
+        if _has_final(loop):
             ctx.ignore("preliminary after final; final kept")
             return
         report.report_id, report.status, report.conclusion = e.report_id, "preliminary", e.conclusion
@@ -451,10 +451,14 @@ def _report_issued(ctx: _Ctx, e: ev.ReportIssued) -> None:
         if ctx.advance(Stage.REPORTED_PRELIMINARY, e.occurred_at):
             ctx.effects.append(NotifyRequester(milestone="report_available", detail="preliminary"))
         return
-    if report.version:
+    if _has_final(loop):
         ctx.ignore("final already issued; use an amendment to change it")
         return
     _issue_final(ctx, e.report_id, "final", e.conclusion, e.critical, e.occurred_at)
+
+
+def _has_final(loop: Loop) -> bool:
+    return loop.report.version > 0 and loop.report.status != "withdrawn"
 
 
 def _issue_final(ctx: _Ctx, report_id: str, status: str, conclusion: str, critical: bool, at: datetime) -> None:
@@ -464,7 +468,7 @@ def _issue_final(ctx: _Ctx, report_id: str, status: str, conclusion: str, critic
     report.report_id = report_id or report.report_id
     report.status, report.conclusion, report.critical, report.issued_at = status, conclusion, critical, at
     loop.pending_delivery = "result"
-    if report.version == 1:
+    if report.version == 1 or loop.stage in (Stage.ARCHIVED, Stage.REPORTED_PRELIMINARY):
         ctx.advance(Stage.REPORTED_FINAL, at)
     else:
         _reopen_for_delivery(ctx, at)
@@ -492,7 +496,7 @@ def _report_revised(ctx: _Ctx, e: ev.ReportRevised) -> None:
         ctx.ignore(f"report revised but loop closed as {loop.outcome}")
         ctx.anomaly("event_after_closure", f"report {e.revision} after closure as {loop.outcome}")
         return
-    if not loop.report.version:
+    if not _has_final(loop):
         ctx.note(f"{e.revision} report before any final; taken as the final")
     else:
         ctx.note(f"report {e.revision}; redelivery needs a new acknowledgment")
@@ -514,9 +518,9 @@ def _report_withdrawn(ctx: _Ctx, e: ev.ReportWithdrawn) -> None:
         ctx.enter(Stage.ENTERED_IN_ERROR, e.occurred_at)
         loop.closed_at = None
     else:
-        # Cancelled report: the study still needs reading; back to waiting for a report.
-        report.version, report.conclusion = 0, ""
-        loop.delivered_version = loop.acknowledged_version = 0
+        # Cancelled report: the study still needs reading; back to waiting for a new report.
+        # Versions stay monotonic so a late ack of the withdrawn one can never close the loop.
+        report.conclusion = ""
         loop.outcome, loop.closed_at = None, None
         ctx.enter(Stage.ARCHIVED, e.occurred_at)
         ctx.note("report cancelled; waiting for a new report")
@@ -532,7 +536,7 @@ def _result_delivered(ctx: _Ctx, e: ev.ResultDelivered) -> None:
     loop = ctx.loop
     loop.milestones.setdefault(f"delivered_{e.what}", e.occurred_at)
     if e.what == "result":
-        if not loop.report.version:
+        if not _has_final(loop):
             ctx.ignore("delivery reported but there is no final report")
             ctx.anomaly("delivery_without_report", "a result delivery was reported before any final report")
             return
@@ -548,7 +552,6 @@ def _result_delivered(ctx: _Ctx, e: ev.ResultDelivered) -> None:
             ctx.advance(Stage.DELIVERED, e.occurred_at)
         return
     if e.what == "retraction":
-        loop.delivered_version = 0
         loop.pending_delivery = "exception" if loop.stage == Stage.ENTERED_IN_ERROR else ""
         if loop.stage == Stage.ENTERED_IN_ERROR:
             _close(ctx, Outcome.ENTERED_IN_ERROR, loop.outcome_reason, e.occurred_at)
@@ -565,7 +568,7 @@ def _result_delivered(ctx: _Ctx, e: ev.ResultDelivered) -> None:
 
 def _result_acknowledged(ctx: _Ctx, e: ev.ResultAcknowledged) -> None:
     loop = ctx.loop
-    if not loop.report.version:
+    if not _has_final(loop):
         ctx.ignore("acknowledgment but no final result exists")
         ctx.anomaly("ack_without_result", "requester acknowledged before any final report")
         return
@@ -593,7 +596,7 @@ def _close(ctx: _Ctx, outcome: Outcome, reason: str, at: datetime) -> None:
 
 def _referral_cancelled(ctx: _Ctx, e: ev.ReferralCancelled) -> None:
     loop = ctx.loop
-    if loop.report.version:
+    if _has_final(loop):
         ctx.ignore("cancellation after a final report")
         ctx.anomaly("late_cancellation", f"order cancelled ({e.reason}) after a final report was issued")
         return
@@ -620,7 +623,7 @@ def _did_not_attend(ctx: _Ctx, e: ev.DidNotAttend) -> None:
 
 def _unable_to_perform(ctx: _Ctx, e: ev.UnableToPerform) -> None:
     loop = ctx.loop
-    if loop.report.version or _rank(loop) >= RANK[Stage.ARCHIVED]:
+    if _has_final(loop) or _rank(loop) >= RANK[Stage.ARCHIVED]:
         ctx.ignore("unable to perform after images were archived")
         ctx.anomaly("late_discontinuation", "unable to perform reported after the study was archived")
         return

@@ -26,6 +26,10 @@ class Settings:
     bind_host: str = field(default_factory=lambda: _env("REFLOOP_BIND_HOST", "127.0.0.1"))
     mllp_port: int = field(default_factory=lambda: int(_env("REFLOOP_MLLP_PORT", "2575")))
     http_port: int = field(default_factory=lambda: int(_env("REFLOOP_HTTP_PORT", "8000")))
+    # MSH-11 processing IDs the MLLP listener accepts ("P,T" also takes training messages).
+    hl7_processing_ids: str = field(default_factory=lambda: _env("REFLOOP_HL7_PROCESSING_IDS", "P"))
+    # "MSH3APP=https://ehr.example/results,...": where results go for orders placed over HL7.
+    hl7_result_endpoints: str = field(default_factory=lambda: _env("REFLOOP_HL7_RESULT_ENDPOINTS", ""))
     dicom_port: int = field(default_factory=lambda: int(_env("REFLOOP_DICOM_PORT", "11112")))
     dicom_ae_title: str = field(default_factory=lambda: _env("REFLOOP_DICOM_AE_TITLE", "REFLOOP"))
     orthanc_url: str = field(default_factory=lambda: _env("REFLOOP_ORTHANC_URL", ""))
@@ -42,6 +46,11 @@ class Settings:
 
     def policy(self) -> Policy:
         return load_policy(self.policy_file)
+
+    def hl7_requester_endpoints(self) -> dict[str, str]:
+        """placer application (MSH-3, or "app/facility") -> result endpoint."""
+        pairs = [p.split("=", 1) for p in self.hl7_result_endpoints.split(",") if "=" in p]
+        return {app.strip(): url.strip() for app, url in pairs}
 
     def tokens(self) -> dict[str, str]:
         """token -> source system."""

@@ -17,7 +17,8 @@ log = structlog.get_logger()
 # Services `refloop dev` runs beside the worker: "module:function", each an
 # `async def serve(settings, stop: asyncio.Event)` that returns once `stop` is set.
 DEV_SERVICES: list[str] = [
-    "refloop.gateways.http.server:serve",
+    "refloop.gateways.http.server:serve",  # HTTP on REFLOOP_BIND_HOST:REFLOOP_HTTP_PORT (8000)
+    "refloop.gateways.hl7.server:serve",  # MLLP on REFLOOP_BIND_HOST:REFLOOP_MLLP_PORT (2575)
 ]
 
 

@@ -37,6 +37,8 @@ class Keys(BaseModel):
     patient: PatientId | None = None
     # Patient alone may bind only events that can only concern a booked, not-yet-arrived loop.
     match_patient_awaiting_arrival: bool = False
+    # The event concerns the patient, not one order (a merge): every open loop of theirs gets it.
+    all_open_loops_of_patient: bool = False
 
     def lookup(self) -> list[tuple[str, str]]:
         pairs = [
@@ -112,6 +114,8 @@ class Intake:
     async def _route(self, row_id: int, msg: Inbound) -> Result:
         assert msg.event is not None
         candidates = await asyncio.to_thread(self.correlate, msg.keys)
+        if msg.keys.all_open_loops_of_patient:
+            return await self._fan_out(row_id, candidates, msg)
         if len(candidates) == 1:
             return await self._dispatch(row_id, candidates[0], msg)
         event_json = msg.event.model_dump_json()
@@ -132,6 +136,8 @@ class Intake:
 
     def correlate(self, keys: Keys) -> list[str]:
         """Referral IDs this message belongs to: one is a match, several are ambiguous."""
+        if keys.patient and keys.all_open_loops_of_patient:
+            return self.inbox.open_referrals_of_patient(patient_key(keys.patient))
         if keys.placer_order_number:
             return [referral_key(keys.placer_order_number, keys.placer_system)]
         for kind, value in keys.lookup():  # strongest key that is known wins
@@ -141,6 +147,24 @@ class Intake:
         if keys.patient and keys.match_patient_awaiting_arrival:
             return self.inbox.referrals_awaiting_arrival(patient_key(keys.patient))
         return []
+
+    async def _fan_out(self, row_id: int, referral_ids: list[str], msg: Inbound) -> Result:
+        """Signal every loop the event concerns; none is fine (nothing open to update)."""
+        assert msg.event is not None
+        for rid in referral_ids:
+            await signal_event(self.client, self.task_queue, rid, msg.event, self.policy)
+        kind = msg.event.kind  # type: ignore[attr-defined]
+        await asyncio.to_thread(
+            self.inbox.update,
+            row_id,
+            status=Status.ACCEPTED.value,
+            referral_id=",".join(referral_ids),
+            event_kind=kind,
+            event_id=msg.event.event_id,
+            event_json=msg.event.model_dump_json(),
+        )
+        log.info("inbound_accepted", protocol=msg.protocol, event_kind=kind, referrals=len(referral_ids))
+        return Result(Status.ACCEPTED, ",".join(referral_ids), "" if referral_ids else "no open loop concerns it")
 
     async def _dispatch(self, row_id: int, referral_id: str, msg: Inbound) -> Result:
         assert msg.event is not None

@@ -296,3 +296,12 @@ class InboxStore:
                 return []
             rows = s.exec(select(LoopRow.referral_id).where(LoopRow.referral_id.in_(rids), LoopRow.stage.in_(["ordered", "scheduled"]))).all()  # type: ignore[attr-defined]
             return sorted(set(rows))
+
+    def open_referrals_of_patient(self, patient: str) -> list[str]:
+        """Loops of this patient (ID^^^issuer) not closed yet (a closed loop's workflow may be gone)."""
+        with Session(self.engine) as s:
+            rids = s.exec(select(IdentifierRow.referral_id).where(IdentifierRow.kind == "patient", IdentifierRow.value == patient)).all()
+            if not rids:
+                return []
+            rows = s.exec(select(LoopRow.referral_id).where(LoopRow.referral_id.in_(rids), LoopRow.stage != "closed")).all()  # type: ignore[attr-defined]
+            return sorted(set(rows))

@@ -15,7 +15,7 @@ from refloop.store.tables import InboxRow
 
 console = Console()
 
-FILTERS = ("rejected", "parked", "ambiguous", "failed")
+FILTERS = ("rejected", "parked", "ambiguous", "failed", "late")
 _STYLE = {"rejected": "red", "failed": "red", "ambiguous": "yellow", "parked": "cyan"}
 
 

@@ -246,8 +246,8 @@ def _order_placed(ctx: _Ctx, e: ev.OrderPlaced) -> None:
     ref.requester = e.requester
     ref.service = e.service
     ref.identifiers = ref.identifiers.merged(e.identifiers)
-    if e.appointment and e.appointment.start:
-        ref.appointment = e.appointment
+    if e.appointment:
+        ref.appointment = e.appointment  # station AETs may come with the order, the time later
     if not first:
         ctx.note("order repeated; details refreshed")
         return

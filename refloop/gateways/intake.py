@@ -14,6 +14,7 @@ from enum import StrEnum
 import structlog
 from pydantic import BaseModel
 from temporalio.client import Client
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from refloop.domain.events import EventBase
 from refloop.domain.policy import Policy
@@ -56,6 +57,7 @@ class Status(StrEnum):
     PARKED = "parked"  # kept until its referral is known
     AMBIGUOUS = "ambiguous"  # more than one loop claims it: an operator decides
     REJECTED = "rejected"  # could not be understood
+    LATE = "late"  # its loop has already completed (after the amendment window): an operator decides
     DUPLICATE = "duplicate"  # seen before; answered as the first time
 
 
@@ -82,7 +84,7 @@ class Result:
     def positive(self) -> bool:
         """Should the sender get a positive acknowledgment?"""
         status = self.first_status if self.status == Status.DUPLICATE else self.status
-        return status in (Status.ACCEPTED, Status.PARKED, Status.AMBIGUOUS)
+        return status in (Status.ACCEPTED, Status.PARKED, Status.AMBIGUOUS, Status.LATE)
 
 
 class Intake:
@@ -126,6 +128,9 @@ class Intake:
             log.warning("inbound_ambiguous", protocol=msg.protocol, event_kind=kind, candidates=len(candidates))
             return Result(Status.AMBIGUOUS, detail=detail)
         keys = msg.keys.lookup()
+        if msg.keys.patient and msg.keys.match_patient_awaiting_arrival:
+            # Released to the loop of this patient that is booked and awaiting arrival.
+            keys.append(("patient", patient_key(msg.keys.patient)))
         await asyncio.to_thread(self.inbox.park, row_id, event_json, kind, msg.event.event_id, keys)
         # A loop may have indexed these identifiers while we parked: look once more.
         again = await asyncio.to_thread(self.correlate, msg.keys)
@@ -168,7 +173,18 @@ class Intake:
 
     async def _dispatch(self, row_id: int, referral_id: str, msg: Inbound) -> Result:
         assert msg.event is not None
-        await signal_event(self.client, self.task_queue, referral_id, msg.event, self.policy)
+        try:
+            await signal_event(self.client, self.task_queue, referral_id, msg.event, self.policy)
+        except WorkflowAlreadyStartedError:
+            # The loop completed (its amendment window is over): never start a second loop
+            # for the same referral; keep the message for an operator instead.
+            detail = "the referral's loop has already completed"
+            await asyncio.to_thread(
+                self.inbox.update, row_id, status=Status.LATE.value, referral_id=referral_id, error=detail,
+                event_kind=msg.event.kind, event_id=msg.event.event_id, event_json=msg.event.model_dump_json(),  # type: ignore[attr-defined]
+            )
+            log.warning("inbound_late", protocol=msg.protocol, event_kind=msg.event.kind, referral_id=referral_id)  # type: ignore[attr-defined]
+            return Result(Status.LATE, referral_id, detail)
         await asyncio.to_thread(
             self.inbox.update,
             row_id,

@@ -20,10 +20,10 @@ from refloop.store.tables import DeliveryAttemptRow, OutboxRow
 _OPEN = ("pending", "sending")
 
 
-def naive_utc(at: datetime | None = None) -> datetime:
-    """SQLite keeps no time zone: store and compare the relay's times as naive UTC."""
+def utc(at: datetime | None = None) -> datetime:
+    """Times are stored aware (UTC); a value read back without a zone is UTC."""
     at = at or datetime.now(timezone.utc)
-    return at.astimezone(timezone.utc).replace(tzinfo=None) if at.tzinfo else at
+    return at.astimezone(timezone.utc) if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 class OutboxStore:
@@ -32,9 +32,9 @@ class OutboxStore:
 
     def claim_heads(self, lease: timedelta, limit: int = 50, now: datetime | None = None) -> list[OutboxRow]:
         """Claim the first unsent row of each referral's queue that is due (or whose lease expired)."""
-        now = naive_utc(now)
+        now = utc(now)
         earlier = aliased(OutboxRow)
-        with Session(self.engine) as s:
+        with Session(self.engine, expire_on_commit=False) as s:
             heads = s.exec(
                 select(OutboxRow)
                 .where(OutboxRow.status.in_(_OPEN))  # type: ignore[attr-defined]
@@ -51,23 +51,24 @@ class OutboxStore:
             ).all()
             claimed: list[OutboxRow] = []
             for row in heads:
-                due = row.status == "pending" and (row.next_attempt_at is None or naive_utc(row.next_attempt_at) <= now)
-                expired = row.status == "sending" and (row.lease_until is None or naive_utc(row.lease_until) <= now)
+                due = row.status == "pending" and (row.next_attempt_at is None or utc(row.next_attempt_at) <= now)
+                expired = row.status == "sending" and (row.lease_until is None or utc(row.lease_until) <= now)
                 if not (due or expired):
                     continue
                 result = s.exec(  # type: ignore[call-overload]
                     update(OutboxRow)
                     .where(OutboxRow.id == row.id, OutboxRow.attempts == row.attempts, OutboxRow.status.in_(_OPEN))  # type: ignore[attr-defined]
                     .values(status="sending", attempts=row.attempts + 1, lease_until=now + lease)
+                    .execution_options(synchronize_session=False)
                 )
                 if result.rowcount == 1:
-                    row.status, row.attempts, row.lease_until = "sending", row.attempts + 1, now + lease
                     claimed.append(row)
                 if len(claimed) >= limit:
                     break
             s.commit()
-            for row in claimed:
+            for row in claimed:  # detached copies that say what this relay now holds
                 s.expunge(row)
+                row.status, row.attempts, row.lease_until = "sending", row.attempts + 1, now + lease
             return claimed
 
     def _finish(self, row_id: int, attempts: int, **values) -> None:
@@ -77,10 +78,10 @@ class OutboxStore:
             s.commit()
 
     def mark_sent(self, row: OutboxRow) -> None:
-        self._finish(row.id, row.attempts, status="sent", sent_at=naive_utc(), last_error="")  # type: ignore[arg-type]
+        self._finish(row.id, row.attempts, status="sent", sent_at=utc(), last_error="")  # type: ignore[arg-type]
 
     def mark_retry(self, row: OutboxRow, error: str, at: datetime) -> None:
-        self._finish(row.id, row.attempts, status="pending", last_error=error[:500], next_attempt_at=naive_utc(at))  # type: ignore[arg-type]
+        self._finish(row.id, row.attempts, status="pending", last_error=error[:500], next_attempt_at=utc(at))  # type: ignore[arg-type]
 
     def mark_failed(self, row: OutboxRow, error: str) -> None:
         self._finish(row.id, row.attempts, status="failed", last_error=error[:500])  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ class SweepActivities:
     @activity.defn(name="find_stale_loops")
     async def find_stale_loops(self, req: FindStaleRequest) -> FindStaleResult:
         # The server filters: only overdue, escalated or flagged loops come back.
-        query = loops_query(task_queue=req.task_queue, stale_at=req.now, attention=True)
+        query = loops_query(task_queue=req.task_queue, stale_at=req.now, attention=True, either=True)
         found, truncated = await find_loops(self.client, query, req.limit)
         loops = [StaleLoop(**f.model_dump(), reasons=f.stale_reasons(req.now)) for f in found]
         # Visibility may lag a just-moved deadline: keep only loops still stale by our own clock.

@@ -63,8 +63,10 @@ def loops_query(
     stale_at: datetime | None = None,
     attention: bool = False,
     running: bool = True,
+    either: bool = False,
 ) -> str:
-    """A visibility query for referral loops. `stale_at` and `attention` together mean either."""
+    """A visibility query for referral loops. `stale_at` and `attention` together mean both,
+    or either one when `either` (the sweep's question)."""
     parts = [f"WorkflowType = {_quote(names.WORKFLOW_TYPE)}"]
     if running:
         parts.append('ExecutionStatus = "Running"')
@@ -78,7 +80,7 @@ def loops_query(
     if attention:
         flags.append(f"{names.NEEDS_ATTENTION.name} = true")
     if flags:
-        parts.append("(" + " OR ".join(flags) + ")" if len(flags) > 1 else flags[0])
+        parts.append("(" + " OR ".join(flags) + ")" if either else " AND ".join(flags))
     return " AND ".join(parts)
 
 

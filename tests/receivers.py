@@ -29,10 +29,11 @@ class Hit:
 
 class FhirReceiver:
     """`PUT /fhir/{type}/{id}`. `script[type]` lists answers to give before succeeding:
-    an HTTP status, or HANG (never answer)."""
+    an HTTP status, or HANG (never answer). Also a webhook: `POST /hook`."""
 
     def __init__(self) -> None:
         self.hits: list[Hit] = []
+        self.posts: list[dict] = []  # JSON posted to the webhook
         self.script: dict[str, list[int | str]] = {}
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task | None = None
@@ -52,11 +53,20 @@ class FhirReceiver:
                 return JSONResponse(outcome, status_code=answer, media_type="application/fhir+json")
             return JSONResponse(body, status_code=200, media_type="application/fhir+json")
 
+        @app.post("/hook")
+        async def hook(request: Request):
+            self.posts.append(await request.json())
+            return {"ok": True}
+
         self.app = app
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}/fhir"
+
+    @property
+    def webhook(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
 
     def accepted(self, resource_type: str) -> list[dict]:
         """Bodies the receiver took (answered 2xx), in arrival order."""

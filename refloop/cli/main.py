@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "refloop.cli.dev",
     "refloop.cli.loops",
+    "refloop.cli.operate",
 ]
 
 

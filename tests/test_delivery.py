@@ -242,3 +242,22 @@ async def test_hl7_requester_gets_oru_and_refusal_escalates(client, task_queue, 
         loop = await _until(client, refused, lambda lp: any(a.code == "delivery_failed" for a in lp.anomalies))
         assert "HL7 AE" in loop.anomalies[-1].detail
         assert [(a.ok, a.channel) for a in DeliveryLog(store.engine).attempts(refused)] == [(False, "hl7")]
+
+
+async def test_a_quick_amendment_never_sends_stale_or_mislabelled_versions(client, task_queue, store):
+    rid = unique()
+    now = datetime.now(timezone.utc)
+    async with FhirReceiver() as requester, build_worker(client, Settings(task_queue=task_queue), store):
+        requester.script["DiagnosticReport"] = [503]  # v1's first try fails: v2 arrives meanwhile
+        await _run_loop(client, task_queue, rid, requester.base)
+        await signal_event(
+            client, task_queue, rid,
+            ev.ReportRevised(event_id=f"{rid}-amend", occurred_at=now, revision="amended", conclusion="Amended text."),
+        )
+        await _until(client, rid, lambda lp: lp.stage == "delivered" and lp.delivered_version == 2)
+        reports = requester.accepted("DiagnosticReport")
+        assert reports[-1]["status"] == "amended" and reports[-1]["extension"][0]["valueInteger"] == 2
+        for r in reports:  # whatever went out says what it is
+            version = r["extension"][0]["valueInteger"]
+            assert (r["status"], r["conclusion"]) == (("final", "No acute findings.") if version == 1 else ("amended", "Amended text."))
+        assert [r["extension"][0]["valueInteger"] for r in reports] == sorted(r["extension"][0]["valueInteger"] for r in reports)

@@ -59,6 +59,9 @@ class LoopSummary(BaseModel):
     needs_attention: bool = False
 
 
+_DELIVERABLE = frozenset({"final", "amended", "corrected", "appended"})
+
+
 def delivery_retry(policy: Policy) -> RetryPolicy:
     d = policy.delivery
     return RetryPolicy(
@@ -202,8 +205,8 @@ class ReferralWorkflow:
         seq = self._delivery_seq
         self._latest_delivery[eff.what] = seq
         async with self._delivery_lane:
-            if self._latest_delivery[eff.what] != seq:
-                return  # a newer delivery of the same kind is queued: the requester needs only that one
+            if self._superseded(eff, seq):
+                return
             try:
                 result = await workflow.execute_activity(
                     "deliver_result",
@@ -229,6 +232,14 @@ class ReferralWorkflow:
                     channel=result.channel,
                 )
             )
+
+    def _superseded(self, eff: machine.Deliver, seq: int) -> bool:
+        """Whether the loop moved on while this delivery waited its turn (the newer effect is queued)."""
+        if self._latest_delivery[eff.what] != seq:
+            return True
+        report = self._loop.report
+        # Never send a version that is no longer the current one, nor a withdrawn report.
+        return eff.what == "result" and (eff.version != report.version or report.status not in _DELIVERABLE)
 
     async def _escalate(self, eff: machine.Escalate) -> None:
         ref = self._loop.referral

@@ -22,7 +22,7 @@ def register(sub) -> None:
     def action(name: str, help: str, func, reason_required: bool = True):
         p = sub.add_parser(name, help=help)
         p.add_argument("ident", help="placer order number or accession number")
-        p.add_argument("--reason", required=reason_required, default="", type=_text, help="why (kept on the loop's timeline)")
+        p.add_argument("--reason", required=reason_required, type=_text, help="why (kept on the loop's timeline)")
         p.add_argument("--operator", default=_whoami(), help="who decides (default: your login)")
         p.set_defaults(func=func)
         return p
@@ -32,6 +32,9 @@ def register(sub) -> None:
     hold.add_argument("--decision", required=True, choices=["accept", "reject"])
     action("reopen", "reopen a finished loop at the furthest stage it reached", cmd_reopen)
     action("redeliver", "send the result (or the no-result notice) to the requester again", cmd_redeliver)
+    ui = sub.add_parser("ui-columns", help="show the loop's search attributes as Temporal UI columns (prints a browser-console snippet)")
+    ui.add_argument("--namespace", default=None)
+    ui.set_defaults(func=cmd_ui_columns)
     st = sub.add_parser("stale", help="the latest escalation sweep: loops past their deadline, escalated or flagged")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stale)
@@ -55,7 +58,7 @@ def cmd_close(args) -> int:
 
 
 def cmd_resolve_hold(args) -> int:
-    return _act(args, "resolve_identity_hold", ev.ResolveIdentityHold(decision=args.decision, note=args.reason, operator=args.operator))
+    return _act(args, "resolve_identity_hold", ev.ResolveIdentityHold(decision=args.decision, note=args.reason or "", operator=args.operator))
 
 
 def cmd_reopen(args) -> int:
@@ -95,6 +98,15 @@ def _act(args, update: str, cmd: BaseModel) -> int:
         raise CliError(f"{args.command} {referral_id} failed: {err.message}") from None
     outcome = f" ({summary.outcome.value}: {summary.reason})" if summary.outcome else ""
     console.print(f"{args.command} {referral_id}: now [bold]{summary.stage.value}[/]{outcome}")
+    return 0
+
+
+def cmd_ui_columns(args) -> int:
+    from refloop.ui import console_snippet
+
+    namespace = args.namespace or Settings().namespace
+    print(f"// Open the Temporal UI (workflows of namespace {namespace!r}), then paste this into the browser console:")
+    print(console_snippet(namespace))
     return 0
 
 

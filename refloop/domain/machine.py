@@ -54,7 +54,7 @@ class Escalate(BaseModel):
 class NotifyRequester(BaseModel):
     """A milestone the requester is told about along the way (FHIR Task / ORC SC)."""
 
-    milestone: str  # accepted, booked, arrived, performed, report_available, delayed, cancelled, did_not_attend, not_performed
+    milestone: str  # accepted, booked, arrived, performed, report_available, delayed, cancelled, did_not_attend, not_performed, reopened
     detail: str = ""
     # Where the loop stood once the input that caused it was applied; the workflow stamps it.
     stage: str = ""
@@ -860,6 +860,8 @@ def command(loop: Loop, cmd: BaseModel, now: datetime, policy: Policy) -> Step:
         for a in loop.anomalies:
             a.resolved = True
         ctx.note(f"reopened by {operator} at {resume.value}: {cmd.reason}")
+        # The requester was told the loop ended; tell it the loop is open again.
+        ctx.effects.append(NotifyRequester(milestone="reopened", detail=cmd.reason))
         kind = "operator_reopen"
     else:
         assert isinstance(cmd, ev.Redeliver)

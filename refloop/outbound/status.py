@@ -46,6 +46,7 @@ MILESTONE_LABELS = {
     "cancelled": "cancelled",
     "did_not_attend": "patient did not attend",
     "not_performed": "not performed",
+    "reopened": "reopened by the department",
 }
 
 

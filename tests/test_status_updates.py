@@ -158,3 +158,30 @@ async def test_hl7_requester_gets_order_status_messages(client, task_queue, stor
         assert str(last.segment("ORC")(16)) == "^patient declined"
         oru = await eventually(lambda: [m for m in requester.of_type("ORU^R01") if str(m.segment("ORC")(2)) == cancelled])
         assert str(oru[0].segment("OBR")(25)) == "X" and "patient declined" in str(oru[0].segment("NTE")(3))
+
+
+async def test_worker_process_runs_the_relay_and_keeps_the_sweep_schedule(client, task_queue, tmp_path):
+    """`workers.main.run` (what `refloop worker` and `refloop dev` run): worker + relay + schedule."""
+    from workers.main import run
+    from workers.schedule import sweep_schedule_id
+
+    rid = unique()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'worker.db'}",
+        temporal_address=client.service_client.config.target_host,
+        task_queue=task_queue,
+        outbox_poll=0.05,
+    )
+    stop = asyncio.Event()
+    async with FhirReceiver() as requester:
+        worker = asyncio.create_task(run(settings, stop))
+        try:
+            await signal_event(client, task_queue, rid, happy_path(rid, datetime.now(timezone.utc), endpoint=requester.base)[0])
+            tasks = await eventually(lambda: requester.accepted("Task"))
+            assert _milestone(tasks[0]) == "accepted"
+            desc = await client.get_schedule_handle(sweep_schedule_id(task_queue)).describe()
+            assert desc.schedule.policy.overlap.name == "SKIP"
+        finally:
+            stop.set()
+            await worker
+            await client.get_schedule_handle(sweep_schedule_id(task_queue)).delete()

@@ -62,13 +62,14 @@ async def run(settings: Settings | None = None, stop: asyncio.Event | None = Non
     store = Store(make_engine(settings.db_url))
     worker = build_worker(client, settings, store)
     await ensure_sweep_schedule(client, settings.task_queue, settings.policy())
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    if stop is None:  # standalone: stop on SIGTERM/SIGINT (a caller with its own stop handles signals)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
     async with worker:
         relay = asyncio.create_task(build_relay(settings, store).run(stop), name="outbox-relay")
         log.info("worker_started", task_queue=settings.task_queue, temporal=settings.temporal_address)

@@ -68,6 +68,9 @@ class DeliveryActivities:
             await asyncio.to_thread(self.log.record, **attempt, ok=False, status_code=err.status_code, error=str(err))
             log.info("delivery_retry", referral_id=loop.referral.referral_id, what=req.what, attempt=info.attempt, error=str(err))
             raise ApplicationError(str(err), type="DeliveryUnavailable") from None
+        except Exception as err:  # our own bug: recorded, retried by Temporal, visible in the UI
+            await asyncio.to_thread(self.log.record, **attempt, ok=False, error=f"{type(err).__name__}: {err}")
+            raise
         await asyncio.to_thread(self.log.record, **attempt, ok=True, status_code=sent.status_code, error="")
         log.info("delivered", referral_id=loop.referral.referral_id, what=req.what, version=req.version, channel=sent.channel)
         return DeliveryResult(delivered=True, channel=sent.channel, detail=sent.detail)

@@ -185,5 +185,6 @@ def order_status_message(ref: Referral, milestone: dict, seq: int, sender: str, 
 def _checked(text: str) -> str:
     """Parse what we built: a message python-hl7 cannot read is a bug here, not the receiver's."""
     msg = hl7.parse(text)
-    assert str(msg.segment("MSH")(10)), "MSH-10 missing"
+    if not str(msg.segment("MSH")(10)) or len(msg) < 3:
+        raise ValueError(f"built an incomplete HL7 message: {text[:80]!r}")
     return text + "\r"

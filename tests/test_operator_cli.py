@@ -90,10 +90,6 @@ async def test_operator_actions_and_rejections(env, client, task_queue, store, c
 
         code, out, _ = await run_cli(capsys, "show", rid)
         assert code == 0
-        import os
-        if os.environ.get("SHOW_OUT"):
-            with capsys.disabled():
-                print(out)
         for text in ("waiting for", "the procedure to start", "deliveries", "status updates to the requester", "operator_reopen", "timeline"):
             assert text in out, text
 

@@ -23,6 +23,10 @@ class Settings:
     policy_file: str = field(default_factory=lambda: _env("REFLOOP_POLICY", ""))
     escalation_webhook: str = field(default_factory=lambda: _env("REFLOOP_ESCALATION_WEBHOOK", ""))
     operations_webhook: str = field(default_factory=lambda: _env("REFLOOP_OPERATIONS_WEBHOOK", ""))
+    # Who we are to requesters: DiagnosticReport.performer, Task.owner, MSH-4.
+    department: str = field(default_factory=lambda: _env("REFLOOP_DEPARTMENT", "Imaging department"))
+    # How often the outbox relay looks for status messages to send (seconds).
+    outbox_poll: float = field(default_factory=lambda: float(_env("REFLOOP_OUTBOX_POLL", "1.0")))
     bind_host: str = field(default_factory=lambda: _env("REFLOOP_BIND_HOST", "127.0.0.1"))
     mllp_port: int = field(default_factory=lambda: int(_env("REFLOOP_MLLP_PORT", "2575")))
     http_port: int = field(default_factory=lambda: int(_env("REFLOOP_HTTP_PORT", "8000")))

@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "refloop.cli.dev",
     "refloop.cli.loops",
     "refloop.cli.inbox",
+    "refloop.cli.operate",
 ]
 
 

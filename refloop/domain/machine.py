@@ -54,8 +54,10 @@ class Escalate(BaseModel):
 class NotifyRequester(BaseModel):
     """A milestone the requester is told about along the way (FHIR Task / ORC SC)."""
 
-    milestone: str  # accepted, booked, arrived, performed, report_available, delayed, cancelled, did_not_attend, not_performed
+    milestone: str  # accepted, booked, arrived, performed, report_available, delayed, cancelled, did_not_attend, not_performed, reopened
     detail: str = ""
+    # Where the loop stood once the input that caused it was applied; the workflow stamps it.
+    stage: str = ""
 
 
 class Complete(BaseModel):
@@ -696,6 +698,37 @@ def _stage_target(loop: Loop, policy: Policy) -> tuple[str, timedelta] | None:
     return None
 
 
+_WAITING = {
+    "awaiting_order": "the order",
+    "booking": "a booking",
+    "procedure_start": "the procedure to start (MPPS)",
+    "procedure_end": "the procedure to end (MPPS)",
+    "archive": "the images in the archive",
+    "final_report": "the final report",
+    "acknowledgment": "the requester's acknowledgment",
+    "identity_hold": "an operator's identity decision",
+}
+
+
+def waiting_for(loop: Loop, policy: Policy) -> str:
+    """What the loop waits for now, in words an operator reads at a glance."""
+    if loop.stage == Stage.CLOSED:
+        return "nothing (closed; amendments still reopen it)"
+    if loop.stage == Stage.SCHEDULED:
+        start = loop.referral.appointment.start
+        return f"the patient's arrival (appointment {start:%Y-%m-%d %H:%M} UTC)" if start else "the patient's arrival"
+    if loop.stage in EXCEPTION_STAGES or loop.stage == Stage.REPORTED_FINAL:
+        what = loop.pending_delivery or ("result" if loop.stage == Stage.REPORTED_FINAL else "exception")
+        return {"result": "delivery of the result", "exception": "delivery of the no-result notice", "retraction": "delivery of the retraction"}[what]
+    target = _stage_target(loop, policy)
+    if target is None:
+        return "-"
+    text = _WAITING.get(target[0], target[0].replace("_", " "))
+    if target[0] == "acknowledgment" and loop.report.critical:
+        text += " (critical result)"
+    return text
+
+
 def next_deadline(loop: Loop, policy: Policy) -> Deadline | None:
     """The one moment the loop's timer waits for, and what happens then."""
     if loop.stage == Stage.CLOSED:
@@ -830,6 +863,8 @@ def command(loop: Loop, cmd: BaseModel, now: datetime, policy: Policy) -> Step:
         for a in loop.anomalies:
             a.resolved = True
         ctx.note(f"reopened by {operator} at {resume.value}: {cmd.reason}")
+        # The requester was told the loop ended; tell it the loop is open again.
+        ctx.effects.append(NotifyRequester(milestone="reopened", detail=cmd.reason))
         kind = "operator_reopen"
     else:
         assert isinstance(cmd, ev.Redeliver)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
@@ -428,41 +427,6 @@ async def imaging_env(client, task_queue: str, store: Store, policy=None, **gate
     async with build_worker(client, Settings(task_queue=task_queue), store):
         async with dicom_gateway(store, intake, **gateway_options) as port:
             yield Env(client, store, intake, port)
-
-
-# --- HTTP on loopback (uvicorn in the test's event loop) ---------------------------------------
-
-
-@asynccontextmanager
-async def http_server(app):
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-@asynccontextmanager
-async def receiver():
-    """An HTTP endpoint that records every JSON body POSTed or PUT to it."""
-    app = FastAPI()
-    received: list[dict] = []
-
-    @app.api_route("/{path:path}", methods=["POST", "PUT"])
-    async def record(path: str, request: Request) -> dict:
-        received.append({"path": path, "body": await request.json()})
-        return {"ok": True}
-
-    async with http_server(app) as url:
-        yield url, received
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from refloop.store.db import make_engine
 from refloop.store.repo import Store
 from tests.conftest import unique
 from tests.helpers import wait_for
-from tests.imaging import AET, Modality, findscu, free_port, hand_over, imaging_order, mpps_final, orthanc, receiver, started_for, write_study  # noqa: F401 (fixture)
+from tests.imaging import AET, Modality, findscu, free_port, hand_over, imaging_order, mpps_final, orthanc, started_for, write_study  # noqa: F401 (fixture)
+from tests.receivers import FhirReceiver
 
 IMAGING = [s for s in DEV_SERVICES if s.startswith(("refloop.gateways.dicom", "refloop.gateways.orthanc", "refloop.gateways.worklist"))]
 
@@ -34,7 +35,7 @@ async def listening(port: int, timeout: float = 20) -> bool:
 async def test_dev_stack_serves_worklist_mpps_archive_and_webhook(client, task_queue, tmp_path: Path, orthanc):
     assert len(IMAGING) == 3, DEV_SERVICES
     db_url = f"sqlite:///{tmp_path / 'refloop.db'}"
-    async with receiver() as (hook, received):
+    async with FhirReceiver() as hook:
         settings = Settings(
             data_dir=tmp_path,
             database_url=db_url,
@@ -44,7 +45,7 @@ async def test_dev_stack_serves_worklist_mpps_archive_and_webhook(client, task_q
             dicom_ae_title=AET,
             orthanc_url=orthanc.url,
             orthanc_poll_seconds=0.3,
-            reading_webhook=f"{hook}/ready",
+            reading_webhook=hook.webhook,
         )
         stop = asyncio.Event()
         stack = asyncio.create_task(run_stack(settings, stop, IMAGING))
@@ -69,10 +70,10 @@ async def test_dev_stack_serves_worklist_mpps_archive_and_webhook(client, task_q
             loop = await wait_for(client, rid, lambda lp: lp.stage.value == "archived", timeout=30)
             assert loop.archived_instances == 2
             for _ in range(150):
-                if received:
+                if hook.posts:
                     break
                 await asyncio.sleep(0.1)
-            assert [r["body"]["accession_number"] for r in received] == [acc]
+            assert [p["accession_number"] for p in hook.posts] == [acc]
         finally:
             stop.set()
             await asyncio.wait_for(stack, 30)

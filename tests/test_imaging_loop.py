@@ -3,13 +3,16 @@ modality) -> images to a real Orthanc (DCMTK storescu) -> archive watcher -> rep
 -> report -> delivery to the requester -> acknowledgment -> closed.
 
 Order, arrival, report and acknowledgment enter as typed events through the Intake here (what
-the HL7/FHIR gateways produce); the HL7 variant of this test is added where those gateways live.
+the HL7/FHIR gateways produce); the result goes out as the FHIR DiagnosticReport the requester
+receives.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+
+from pydicom.uid import generate_uid
 
 from refloop.domain import events as ev
 from refloop.domain.policy import Policy
@@ -18,15 +21,16 @@ from refloop.gateways.worklist import reading_worklist
 from refloop.store.imaging import ImagingStore
 from tests.conftest import unique
 from tests.helpers import wait_for
-from tests.imaging import AET, MODALITY_AET, findscu, hand_over, imaging_env, mpps_final, mpps_in_progress, orthanc, receiver, watching, write_study  # noqa: F401 (fixture)
+from tests.imaging import AET, MODALITY_AET, findscu, hand_over, imaging_env, mpps_final, mpps_in_progress, orthanc, started_for, watching, write_study  # noqa: F401 (fixture)
+from tests.receivers import FhirReceiver
 
 
 
 async def test_a_full_imaging_loop_closes(client, task_queue, store, orthanc, tmp_path):
     rid, acc = unique(), unique("ACC")
     patient = PatientId(value="PID_42", issuer="ADT1")
-    async with imaging_env(client, task_queue, store) as env, receiver() as (requester, delivered), watching(orthanc, env.intake):
-        await env.book(rid, accession=acc, patient=patient, name="Doe^Jane", endpoint=f"{requester}/results")
+    async with imaging_env(client, task_queue, store) as env, FhirReceiver() as requester, watching(orthanc, env.intake):
+        await env.book(rid, accession=acc, patient=patient, name="Doe^Jane", endpoint=requester.base)
         await hand_over(env.intake, rid, ev.Arrived(event_id=f"{rid}-arrived", occurred_at=datetime.now(timezone.utc), patient=patient))
 
         # The modality asks for its worklist the way CT1 would: its station AE and today.
@@ -70,10 +74,39 @@ async def test_a_full_imaging_loop_closes(client, task_queue, store, orthanc, tm
         now = datetime.now(timezone.utc)
         await hand_over(env.intake, rid, ev.ReportIssued(event_id=f"{rid}-final", occurred_at=now, status="final", report_id="R1", conclusion="No acute findings."))
         loop = await wait_for(client, rid, lambda lp: lp.stage.value == "delivered", timeout=30)
-        assert loop.stage.value == "delivered" and delivered, "the result reached the requester"
+        assert loop.stage.value == "delivered"
+        [report] = requester.accepted("DiagnosticReport")
+        assert (report["status"], report["conclusion"]) == ("final", "No acute findings.")
+        assert [s["identifier"]["value"] for s in report["imagingStudy"]] == [f"urn:oid:{item.StudyInstanceUID}"]
+        assert report["subject"]["identifier"]["value"] == "PID_42"
         await hand_over(env.intake, rid, ev.ResultAcknowledged(event_id=f"{rid}-ack", occurred_at=datetime.now(timezone.utc), by="Dr Who"))
         loop = await wait_for(client, rid, lambda lp: lp.stage.value == "closed")
         assert (loop.stage.value, loop.outcome.value) == ("closed", "completed")
         applied = [t.kind for t in loop.timeline if t.applied]
         assert applied[:5] == ["order_placed", "scheduled", "arrived", "procedure_started", "procedure_completed"]
         assert {"study_archived", "report_issued", "result_delivered", "result_acknowledged"} <= set(applied)
+
+
+async def test_a_discrepancy_from_the_modality_reaches_the_requester_with_the_result(client, task_queue, store):
+    """MPPS reports another procedure than booked: flagged on the loop, and the delivered
+    DiagnosticReport carries it (extension and conclusion)."""
+    rid, acc = unique(), unique("ACC")
+    async with imaging_env(client, task_queue, store) as env, FhirReceiver() as requester:
+        _, booking = await env.book(rid, accession=acc, code="CTHEAD", endpoint=requester.base)
+        uid = generate_uid()
+        status, _ = await asyncio.to_thread(env.modality.create, started_for(booking, code="CTCHEST"), uid)
+        assert status.Status == 0
+        status, _ = await asyncio.to_thread(env.modality.set, uid, mpps_final("COMPLETED", [2]))
+        assert status.Status == 0
+        now = datetime.now(timezone.utc)
+        await hand_over(
+            env.intake, rid,
+            ev.StudyArchived(event_id=f"{rid}-study", occurred_at=now, accession_number=acc, instance_count=2),
+            ev.ReportIssued(event_id=f"{rid}-final", occurred_at=now, status="final", conclusion="Normal chest."),
+        )
+        loop = await wait_for(client, rid, lambda lp: lp.stage.value == "delivered", timeout=30)
+        assert loop.needs_attention and [a.code for a in loop.open_anomalies] == ["procedure_mismatch"]
+        [report] = requester.accepted("DiagnosticReport")
+        travelled = [e["valueString"] for e in report.get("extension", []) if "discrepancy" in e["url"]]
+        assert len(travelled) == 1 and "CTCHEST" in travelled[0] and "CTHEAD" in travelled[0]
+        assert "CTCHEST" in report["conclusion"]

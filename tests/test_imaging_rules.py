@@ -53,3 +53,17 @@ def test_a_modality_without_issuer_is_not_another_patient():
     for other in (PatientId(value="P1", issuer="OTHER"), PatientId(value="P2")):
         flagged = machine.apply(loop, started(other), NOW, Policy()).loop
         assert [(a.code, a.travels_with_result) for a in flagged.anomalies] == [("patient_mismatch", True)]
+
+
+def test_a_booking_without_stations_keeps_the_stations_of_the_order():
+    from refloop.domain.referral import Appointment
+
+    order, _ = imaging_order("S", accession="A9", start=NOW)
+    order.appointment = Appointment(station_aet=["CT1", "CT2"], station_name="CT-ROOM", location="RAD")
+    loop = machine.apply(machine.new_loop("S"), order, NOW, Policy()).loop
+    booked = ev.Scheduled(event_id="S-book", occurred_at=NOW, appointment=Appointment(start=NOW))
+    appt = machine.apply(loop, booked, NOW, Policy()).loop.referral.appointment
+    assert (appt.start, appt.station_aet, appt.station_name, appt.location) == (NOW, ["CT1", "CT2"], "CT-ROOM", "RAD")
+    elsewhere = ev.Rescheduled(event_id="S-re", occurred_at=NOW, appointment=Appointment(start=NOW, station_aet=["MR1"]))
+    moved = machine.apply(machine.apply(loop, booked, NOW, Policy()).loop, elsewhere, NOW, Policy()).loop.referral.appointment
+    assert (moved.station_aet, moved.station_name) == (["MR1"], "CT-ROOM")

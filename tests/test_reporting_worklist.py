@@ -12,15 +12,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI
 from fhir.resources.R4B.bundle import Bundle
 
 from refloop.domain import events as ev
 from refloop.domain.policy import Policy
-from refloop.gateways.worklist import make_router, notify_ready, reading_worklist
+from refloop.gateways.http.server import EXTRA_ROUTERS, load_routers
+from refloop.gateways.worklist import notify_ready, reading_worklist
 from refloop.store.imaging import ImagingStore
 from tests.conftest import unique
-from tests.imaging import hand_over, http_server, imaging_order, imaging_env, persisted, receiver
+from tests.http_support import running_api
+from tests.imaging import hand_over, imaging_env, imaging_order, persisted
+from tests.receivers import FhirReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,27 +58,29 @@ async def test_reporting_worklist_in_priority_then_deadline_order_over_http(clie
     p = unique("RW")
     async with imaging_env(client, task_queue, store) as env:
         await seven_loops(env, p)
-        items = reading_worklist(ImagingStore(store.engine), Policy())
-        assert [i.referral_id for i in items] == [f"{p}-{x}" for x in EXPECTED]
-        app = FastAPI()
-        app.include_router(make_router(store, Policy()))
-        async with http_server(app) as url, httpx.AsyncClient(base_url=url) as http:
+    items = reading_worklist(ImagingStore(store.engine), Policy())
+    assert [i.referral_id for i in items] == [f"{p}-{x}" for x in EXPECTED]
+    # Through the HTTP gateway, mounted as `refloop dev` mounts it, behind its tokens.
+    async with running_api(client, store, task_queue, routers=load_routers(EXTRA_ROUTERS)) as api:
+        async with api.client() as anonymous:
+            assert (await anonymous.get("/worklist/reporting")).status_code == 401
+        async with api.client("reporting") as http:
             listed = (await http.get("/worklist/reporting")).json()
             fhir = await http.get("/worklist/reporting/fhir")
-        assert [i["accession_number"] for i in listed] == [f"{p}-{x.upper()}" for x in EXPECTED]
-        stat = listed[0]
-        assert (stat["priority"], stat["modality"], stat["procedure_code"], stat["procedure_display"]) == ("stat", "CT", "CTCHEST", "CT chest")
-        assert stat["study_instance_uid"] and 590 <= stat["waiting_seconds"] < 3600 and not stat["overdue"]
-        assert [i["stage"] for i in listed].count("reported_preliminary") == 1
-        assert fhir.headers["content-type"].startswith("application/fhir+json")
-        bundle = Bundle.model_validate_json(fhir.text)
-        tasks = [e.resource for e in bundle.entry]
-        assert bundle.type == "searchset" and bundle.total == 5
-        assert [t.identifier[0].value for t in tasks] == [f"{p}-{x}" for x in EXPECTED]
-        assert [t.priority for t in tasks] == ["stat", "urgent", "routine", "routine", "routine"]
-        assert [t.status for t in tasks] == ["ready", "ready", "ready", "in-progress", "ready"]
-        assert tasks[0].focus.identifier.value == f"urn:oid:{stat['study_instance_uid']}"
-        assert tasks[0].basedOn[0].identifier.value == f"{p}-B"
+    assert [i["accession_number"] for i in listed] == [f"{p}-{x.upper()}" for x in EXPECTED]
+    stat = listed[0]
+    assert (stat["priority"], stat["modality"], stat["procedure_code"], stat["procedure_display"]) == ("stat", "CT", "CTCHEST", "CT chest")
+    assert stat["study_instance_uid"] and 590 <= stat["waiting_seconds"] < 3600 and not stat["overdue"]
+    assert [i["stage"] for i in listed].count("reported_preliminary") == 1
+    assert fhir.headers["content-type"].startswith("application/fhir+json")
+    bundle = Bundle.model_validate_json(fhir.text)
+    tasks = [e.resource for e in bundle.entry]
+    assert bundle.type == "searchset" and bundle.total == 5
+    assert [t.identifier[0].value for t in tasks] == [f"{p}-{x}" for x in EXPECTED]
+    assert [t.priority for t in tasks] == ["stat", "urgent", "routine", "routine", "routine"]
+    assert [t.status for t in tasks] == ["ready", "ready", "ready", "in-progress", "ready"]
+    assert tasks[0].focus.identifier.value == f"urn:oid:{stat['study_instance_uid']}"
+    assert tasks[0].basedOn[0].identifier.value == f"{p}-B"
 
 
 async def test_cli_prints_the_reporting_worklist(client, task_queue, store, tmp_path):
@@ -98,15 +102,15 @@ async def test_cli_prints_the_reporting_worklist(client, task_queue, store, tmp_
 
 async def test_ready_to_read_webhook_fires_once_per_loop(client, task_queue, store):
     p = unique("WH")
-    async with imaging_env(client, task_queue, store) as env, receiver() as (url, received):
+    async with imaging_env(client, task_queue, store) as env, FhirReceiver() as hook:
         await seven_loops(env, p)
         imaging = ImagingStore(store.engine)
         async with httpx.AsyncClient() as http:
-            assert await notify_ready(imaging, Policy(), http, f"{url}/ready") == 5
-            assert await notify_ready(imaging, Policy(), http, f"{url}/ready") == 0
+            assert await notify_ready(imaging, Policy(), http, hook.webhook) == 5
+            assert await notify_ready(imaging, Policy(), http, hook.webhook) == 0
             await archive(env, f"{p}-h", f"{p}-H", "urgent", timedelta(minutes=1))
             assert await persisted(store, f"{p}-h", lambda lp: lp.stage.value == "archived")
-            assert await notify_ready(imaging, Policy(), http, f"{url}/ready") == 1
-        bodies = [r["body"] for r in received]
+            assert await notify_ready(imaging, Policy(), http, hook.webhook) == 1
+        bodies = hook.posts
         assert [b["referral_id"] for b in bodies] == [f"{p}-{x}" for x in EXPECTED] + [f"{p}-h"]
         assert all(b["event"] == "study_ready_to_read" and b["study_instance_uid"] for b in bodies)

@@ -10,6 +10,8 @@ import sys
 COMMAND_MODULES = [
     "refloop.cli.dev",
     "refloop.cli.loops",
+    "refloop.cli.inbox",
+    "refloop.cli.operate",
     "refloop.cli.worklist",
 ]
 

@@ -33,7 +33,7 @@ from refloop.domain.loop import (
     TimelineEntry,
 )
 from refloop.domain.policy import ESCALATION_LEVELS, Policy
-from refloop.domain.referral import Patient, PatientId, Referral
+from refloop.domain.referral import Appointment, Patient, PatientId, Referral
 
 # --- effects: plain data the workflow carries out as activities ----------------------------
 
@@ -54,8 +54,10 @@ class Escalate(BaseModel):
 class NotifyRequester(BaseModel):
     """A milestone the requester is told about along the way (FHIR Task / ORC SC)."""
 
-    milestone: str  # accepted, booked, arrived, performed, report_available, delayed, cancelled, did_not_attend, not_performed
+    milestone: str  # accepted, booked, arrived, performed, report_available, delayed, cancelled, did_not_attend, not_performed, reopened
     detail: str = ""
+    # Where the loop stood once the input that caused it was applied; the workflow stamps it.
+    stage: str = ""
 
 
 class Complete(BaseModel):
@@ -246,8 +248,8 @@ def _order_placed(ctx: _Ctx, e: ev.OrderPlaced) -> None:
     ref.requester = e.requester
     ref.service = e.service
     ref.identifiers = ref.identifiers.merged(e.identifiers)
-    if e.appointment and e.appointment.start:
-        ref.appointment = e.appointment
+    if e.appointment:
+        ref.appointment = e.appointment  # station AETs may come with the order, the time later
     if not first:
         ctx.note("order repeated; details refreshed")
         return
@@ -277,10 +279,17 @@ def _order_changed(ctx: _Ctx, e: ev.OrderChanged) -> None:
     ctx.note("order details changed")
 
 
+def _booked_where(known: Appointment, booking: Appointment) -> Appointment:
+    """A booking that names no station keeps the stations the order already named (an OMI's
+    IPC station AE titles, say): the modality worklist is queried by them."""
+    keep = {k: getattr(known, k) for k in ("station_aet", "station_name", "location") if not getattr(booking, k)}
+    return booking.model_copy(update=keep)
+
+
 def _scheduled(ctx: _Ctx, e: ev.Scheduled) -> None:
     loop = ctx.loop
     ref = loop.referral
-    ref.appointment = e.appointment
+    ref.appointment = _booked_where(ref.appointment, e.appointment)
     ref.identifiers = ref.identifiers.merged(e.identifiers)
     if e.patient and ref.patient and e.patient != ref.patient.id:
         ctx.anomaly("patient_mismatch", f"booking names patient {e.patient}, order names {ref.patient.id}")
@@ -293,7 +302,7 @@ def _scheduled(ctx: _Ctx, e: ev.Scheduled) -> None:
 
 def _rescheduled(ctx: _Ctx, e: ev.Rescheduled) -> None:
     loop = ctx.loop
-    loop.referral.appointment = e.appointment
+    loop.referral.appointment = _booked_where(loop.referral.appointment, e.appointment)
     if _rank(loop) > RANK[Stage.SCHEDULED]:
         ctx.note(f"rescheduled while {loop.stage.value}; appointment updated only")
         return
@@ -701,6 +710,37 @@ def _stage_target(loop: Loop, policy: Policy) -> tuple[str, timedelta] | None:
     return None
 
 
+_WAITING = {
+    "awaiting_order": "the order",
+    "booking": "a booking",
+    "procedure_start": "the procedure to start (MPPS)",
+    "procedure_end": "the procedure to end (MPPS)",
+    "archive": "the images in the archive",
+    "final_report": "the final report",
+    "acknowledgment": "the requester's acknowledgment",
+    "identity_hold": "an operator's identity decision",
+}
+
+
+def waiting_for(loop: Loop, policy: Policy) -> str:
+    """What the loop waits for now, in words an operator reads at a glance."""
+    if loop.stage == Stage.CLOSED:
+        return "nothing (closed; amendments still reopen it)"
+    if loop.stage == Stage.SCHEDULED:
+        start = loop.referral.appointment.start
+        return f"the patient's arrival (appointment {start:%Y-%m-%d %H:%M} UTC)" if start else "the patient's arrival"
+    if loop.stage in EXCEPTION_STAGES or loop.stage == Stage.REPORTED_FINAL:
+        what = loop.pending_delivery or ("result" if loop.stage == Stage.REPORTED_FINAL else "exception")
+        return {"result": "delivery of the result", "exception": "delivery of the no-result notice", "retraction": "delivery of the retraction"}[what]
+    target = _stage_target(loop, policy)
+    if target is None:
+        return "-"
+    text = _WAITING.get(target[0], target[0].replace("_", " "))
+    if target[0] == "acknowledgment" and loop.report.critical:
+        text += " (critical result)"
+    return text
+
+
 def next_deadline(loop: Loop, policy: Policy) -> Deadline | None:
     """The one moment the loop's timer waits for, and what happens then."""
     if loop.stage == Stage.CLOSED:
@@ -835,6 +875,8 @@ def command(loop: Loop, cmd: BaseModel, now: datetime, policy: Policy) -> Step:
         for a in loop.anomalies:
             a.resolved = True
         ctx.note(f"reopened by {operator} at {resume.value}: {cmd.reason}")
+        # The requester was told the loop ended; tell it the loop is open again.
+        ctx.effects.append(NotifyRequester(milestone="reopened", detail=cmd.reason))
         kind = "operator_reopen"
     else:
         assert isinstance(cmd, ev.Redeliver)

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import httpx
 import structlog
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.task import Task
 from pydantic import BaseModel
@@ -20,7 +20,6 @@ from refloop.config import Settings
 from refloop.domain.loop import Loop, Stage
 from refloop.domain.policy import Policy
 from refloop.store.imaging import ImagingStore
-from refloop.store.repo import Store
 
 log = structlog.get_logger()
 
@@ -128,22 +127,27 @@ def as_bundle(items: list[ReadingItem]) -> Bundle:
     })
 
 
-def make_router(store: Store, policy: Policy | None = None) -> APIRouter:
-    """GET /worklist/reporting (JSON) and /worklist/reporting/fhir (FHIR Bundle of Tasks)."""
-    imaging = ImagingStore(store.engine)
-    policy = policy or Policy()
-    router = APIRouter(tags=["reporting worklist"])
+# Mounted by the HTTP gateway (`EXTRA_ROUTERS`) behind its token auth; it reads the store and
+# settings the gateway keeps on `app.state`.
+router = APIRouter(tags=["reporting worklist"])
 
-    @router.get("/worklist/reporting", response_model=list[ReadingItem])
-    async def reporting_worklist() -> list[ReadingItem]:
-        return await asyncio.to_thread(reading_worklist, imaging, policy)
 
-    @router.get("/worklist/reporting/fhir", response_class=Response)
-    async def reporting_worklist_fhir() -> Response:
-        items = await asyncio.to_thread(reading_worklist, imaging, policy)
-        return Response(content=as_bundle(items).model_dump_json(exclude_none=True), media_type="application/fhir+json")
+def _items(request: Request) -> list[ReadingItem]:
+    state = request.app.state
+    return reading_worklist(ImagingStore(state.store.engine), state.settings.policy())
 
-    return router
+
+@router.get("/worklist/reporting", response_model=list[ReadingItem])
+async def reporting_worklist(request: Request) -> list[ReadingItem]:
+    """Archived studies waiting for their report: priority, then report deadline."""
+    return await asyncio.to_thread(_items, request)
+
+
+@router.get("/worklist/reporting/fhir", response_class=Response)
+async def reporting_worklist_fhir(request: Request) -> Response:
+    """The same as a FHIR R4 Bundle (searchset) of Tasks."""
+    items = await asyncio.to_thread(_items, request)
+    return Response(content=as_bundle(items).model_dump_json(exclude_none=True), media_type="application/fhir+json")
 
 
 # --- "study ready to read" webhook -------------------------------------------------------------

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime, timezone
-
-import psycopg
-import pytest
 
 from refloop.domain import machine
 from refloop.domain.policy import Policy
-from refloop.store.db import make_engine
 from refloop.store.imaging import COMPLETED, DISCONTINUED, IN_PROGRESS, ImagingStore, MppsRow
 from refloop.store.repo import Store
-from tests.conftest import PG_URL
 from tests.imaging import imaging_order
+from tests.test_outbox_store import engine  # noqa: F401 (fixture: SQLite, and PostgreSQL in a database of its own)
 
 NOW = datetime(2026, 5, 1, 9, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        yield make_engine(f"sqlite:///{tmp_path / 'imaging.db'}")
-        return
-    name = f"refloop_imaging_{uuid.uuid4().hex[:8]}"  # its own database: other suites share `test`
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True)
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL not reachable")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    engine = make_engine(PG_URL.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def persist(store: Store, rid: str, modality: str = "CT", accession: str = "") -> None:

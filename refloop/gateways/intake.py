@@ -163,8 +163,14 @@ class Intake:
     async def _fan_out(self, row_id: int, referral_ids: list[str], msg: Inbound) -> Result:
         """Signal every loop the event concerns; none is fine (nothing open to update)."""
         assert msg.event is not None
+        signalled = []
         for rid in referral_ids:
-            await signal_event(self.client, self.task_queue, rid, msg.event, self.policy)
+            try:
+                await signal_event(self.client, self.task_queue, rid, msg.event, self.policy)
+                signalled.append(rid)
+            except WorkflowAlreadyStartedError:
+                continue  # completed meanwhile: nothing open to update there
+        referral_ids = signalled
         kind = msg.event.kind  # type: ignore[attr-defined]
         await asyncio.to_thread(
             self.inbox.update,

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from refloop.domain.loop import Loop
+from refloop.visibility import LoopListing
 
 
 class PersistRequest(BaseModel):
@@ -44,3 +45,36 @@ class DeliveryResult(BaseModel):
     delivered: bool
     channel: str = ""
     detail: str = ""
+
+
+class SweepInput(BaseModel):
+    """What one sweep looks at: the referral loops of one task queue (one deployment)."""
+
+    task_queue: str
+    limit: int = 1000  # digest size cap; the count says when there were more
+
+
+class FindStaleRequest(BaseModel):
+    task_queue: str
+    now: datetime
+    limit: int = 1000
+
+
+class StaleLoop(LoopListing):
+    reasons: list[str] = []  # overdue, escalated, attention
+
+
+class FindStaleResult(BaseModel):
+    loops: list[StaleLoop] = []
+    truncated: bool = False
+
+
+class SweepDigest(BaseModel):
+    sweep_id: str  # the sweep's workflow run: a retried write changes nothing
+    swept_at: datetime
+    task_queue: str
+    loops: list[StaleLoop] = []
+    truncated: bool = False
+
+    def count(self, reason: str) -> int:
+        return sum(1 for loop in self.loops if reason in loop.reasons)

@@ -59,3 +59,40 @@ async def test_two_loops_claiming_a_message_is_ambiguous(client, task_queue, sto
         report = ev.ReportIssued(event_id=f"{a}-rep", occurred_at=now, status="final")
         r = await intake.receive(Inbound("hl7", "ris", f"{a}-rep", "ORU^R01", "MSH|...", report, Keys(filler_order_number="SHARED-FILLER")))
         assert r.status == Status.AMBIGUOUS and a in r.detail and b in r.detail
+
+
+async def test_event_after_the_loop_completed_is_kept_as_late_not_a_new_loop(client, task_queue, store):
+    from datetime import timedelta
+
+    from refloop.domain.policy import Policy
+    from tests.factories import acknowledged, delivered
+    from workflows.referral import LoopSummary
+
+    rid = unique()
+    now = datetime.now(timezone.utc)
+    intake = Intake(client, store, task_queue, Policy(amendment_window=timedelta(seconds=1)))
+    async with build_worker(client, Settings(task_queue=task_queue), store):
+        for i, e in enumerate(happy_path(rid, now) + [delivered(rid, now), acknowledged(rid, now)]):
+            await intake.receive(Inbound("json", "ris", f"{rid}-{i}", e.kind, "{}", e, Keys(placer_order_number=rid)))
+        summary = await client.get_workflow_handle(workflow_id(rid), result_type=LoopSummary).result()
+        assert summary.outcome == "completed"
+        late = ev.ReportRevised(event_id=f"{rid}-late", occurred_at=now, revision="amended")
+        r = await intake.receive(Inbound("json", "ris", f"{rid}-late", "report_revised", "{}", late, Keys(placer_order_number=rid)))
+        assert r.status == Status.LATE and r.positive and r.referral_id == rid
+        assert [row.event_id for row in intake.inbox.list(status="late")] == [late.event_id]
+        runs = [w async for w in client.list_workflows(f'WorkflowId = "{workflow_id(rid)}"')]
+        assert len(runs) == 1  # no second loop was started
+
+
+async def test_arrival_before_booking_is_persisted_is_released_by_patient(client, task_queue, store):
+    rid = unique()
+    intake = Intake(client, store, task_queue)
+    order, booking, arrival = happy_path(rid, datetime.now(timezone.utc))[:3]
+    patient_only = Keys(patient=arrival.patient, match_patient_awaiting_arrival=True)
+    async with build_worker(client, Settings(task_queue=task_queue), store):
+        r = await intake.receive(Inbound("hl7", "adt", f"{rid}-a04", "ADT^A04", "MSH|...", arrival, patient_only))
+        assert r.status == Status.PARKED
+        for i, e in enumerate((order, booking)):
+            await intake.receive(Inbound("json", "ris", f"{rid}-{i}", e.kind, "{}", e, Keys(placer_order_number=rid)))
+        loop = await wait_for(client.get_workflow_handle(workflow_id(rid)), lambda lp: lp.stage == "arrived")
+        assert loop.stage == "arrived"

@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from refloop.domain import events as ev
     from refloop.domain import machine
     from refloop.domain.loop import Loop, Outcome, Stage
-    from refloop.domain.policy import Policy
+    from refloop.domain.policy import ESCALATION_LEVELS, Policy
 
 
 class Carried(BaseModel):
@@ -59,12 +59,18 @@ class LoopSummary(BaseModel):
     needs_attention: bool = False
 
 
-DELIVERY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    maximum_attempts=12,
-)
+_DELIVERABLE = frozenset({"final", "amended", "corrected", "appended"})
+
+
+def delivery_retry(policy: Policy) -> RetryPolicy:
+    d = policy.delivery
+    return RetryPolicy(
+        initial_interval=d.first_retry,
+        backoff_coefficient=d.backoff,
+        maximum_interval=d.max_retry_interval,
+        maximum_attempts=d.max_attempts,
+        non_retryable_error_types=["DeliveryRefused"],
+    )
 
 
 @workflow.defn(name=names.WORKFLOW_TYPE)
@@ -86,6 +92,9 @@ class ReferralWorkflow:
         self._timer_at = None
         self._timer_fired = False
         self._complete = False
+        # Deliveries go out one at a time, in order; a newer one of the same kind supersedes.
+        self._delivery_lane = asyncio.Lock()
+        self._latest_delivery: dict[str, int] = {}
 
     # --- the run loop ------------------------------------------------------------------------
 
@@ -130,6 +139,9 @@ class ReferralWorkflow:
 
     def _feed(self, step: machine.Step) -> None:
         self._loop = step.loop
+        for eff in step.effects:
+            if isinstance(eff, machine.NotifyRequester) and not eff.stage:
+                eff.stage = step.loop.stage.value  # the requester is told where the loop really is
         self._effects.extend(step.effects)
         self._dirty = True
 
@@ -144,9 +156,7 @@ class ReferralWorkflow:
         for eff in effects:
             if isinstance(eff, machine.NotifyRequester):
                 self._milestone_seq += 1
-                milestones.append(
-                    (self._milestone_seq, {**eff.model_dump(), "stage": self._loop.stage.value, "at": workflow.now().isoformat()})
-                )
+                milestones.append((self._milestone_seq, {**eff.model_dump(), "at": workflow.now().isoformat()}))
             elif isinstance(eff, machine.Complete):
                 self._complete = True
         deadline = machine.next_deadline(self._loop, self._policy)
@@ -191,21 +201,30 @@ class ReferralWorkflow:
         asyncio.create_task(run())
 
     async def _deliver(self, eff: machine.Deliver) -> None:
+        if not self._loop.referral.requester.endpoint:
+            # Nobody to send to yet: the delivery stays pending in the loop (and escalates
+            # on its deadline) until the order names an endpoint or delivery is reported.
+            return
         self._delivery_seq += 1
         seq = self._delivery_seq
-        try:
-            result = await workflow.execute_activity(
-                "deliver_result",
-                DeliveryRequest(loop=self._loop, what=eff.what, version=eff.version),
-                result_type=DeliveryResult,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=DELIVERY_RETRY,
-                summary=f"deliver {eff.what} v{eff.version} to the requester",
-            )
-        except ActivityError as err:
-            cause = err.cause or err
-            self._feed(machine.delivery_failed(self._loop, eff.what, eff.version, str(cause), workflow.now(), self._policy))
-            return
+        self._latest_delivery[eff.what] = seq
+        async with self._delivery_lane:
+            if self._superseded(eff, seq):
+                return
+            try:
+                result = await workflow.execute_activity(
+                    "deliver_result",
+                    DeliveryRequest(loop=self._loop, what=eff.what, version=eff.version),
+                    result_type=DeliveryResult,
+                    start_to_close_timeout=self._policy.delivery.attempt_timeout,
+                    retry_policy=delivery_retry(self._policy),
+                    summary=f"deliver {eff.what} v{eff.version} to the requester"
+                    + (" (CRITICAL)" if eff.what == "result" and self._loop.report.critical else ""),
+                )
+            except ActivityError as err:
+                cause = err.cause or err
+                self._feed(machine.delivery_failed(self._loop, eff.what, eff.version, str(cause), workflow.now(), self._policy))
+                return
         if result.delivered:
             self._receive(
                 ev.ResultDelivered(
@@ -217,6 +236,14 @@ class ReferralWorkflow:
                     channel=result.channel,
                 )
             )
+
+    def _superseded(self, eff: machine.Deliver, seq: int) -> bool:
+        """Whether the loop moved on while this delivery waited its turn (the newer effect is queued)."""
+        if self._latest_delivery[eff.what] != seq:
+            return True
+        report = self._loop.report
+        # Never send a version that is no longer the current one, nor a withdrawn report.
+        return eff.what == "result" and (eff.version != report.version or report.status not in _DELIVERABLE)
 
     async def _escalate(self, eff: machine.Escalate) -> None:
         ref = self._loop.referral
@@ -246,8 +273,8 @@ class ReferralWorkflow:
 
     def _arm_timer(self) -> None:
         deadline = machine.next_deadline(self._loop, self._policy)
-        if deadline is None:
-            return
+        if deadline is None or (deadline.action == "complete" and self._complete):
+            return  # nothing to wait for, or completion already under way
         now = workflow.now()
         if deadline.at <= now:
             self._timer_fired = True
@@ -296,21 +323,44 @@ class ReferralWorkflow:
             workflow.upsert_search_attributes(updates)
 
     def _set_details(self, deadline: machine.Deadline | None) -> None:
+        """The current-details markdown the Temporal UI shows: readable at a glance."""
         loop = self._loop
-        lines = [f"**{loop.stage.value}**" + (f" — {loop.outcome.value}: {loop.outcome_reason}" if loop.outcome else "")]
+        ref = loop.referral
+        s = ref.service
+        head = f"### {loop.stage.value.replace('_', ' ')}"
+        if loop.outcome:
+            head += f" — {loop.outcome.value.replace('_', ' ')}"
+        lines = [head, f"{s.priority.value} · {s.modality or '-'} · {s.procedure_code or '-'} {s.procedure_display}".rstrip(), ""]
+        lines.append(f"- **Waiting for:** {machine.waiting_for(loop, self._policy)}")
         if loop.stage_since:
-            lines.append(f"since {loop.stage_since:%Y-%m-%d %H:%M} UTC")
-        if deadline:
-            lines.append(f"next: {deadline.action} at {deadline.at:%Y-%m-%d %H:%M} UTC")
-        if loop.hold:
-            lines.append(f"on hold: {loop.hold.reason}")
+            lines.append(f"- **Since:** {loop.stage_since:%Y-%m-%d %H:%M} UTC")
+        if deadline and deadline.action != "complete":
+            what = "no-show" if deadline.action == "no_show" else ESCALATION_LEVELS[deadline.level - 1]
+            lines.append(f"- **Deadline:** {deadline.at:%Y-%m-%d %H:%M} UTC ({what})")
+        elif deadline:
+            lines.append(f"- **Amendment window ends:** {deadline.at:%Y-%m-%d %H:%M} UTC")
+        if loop.outcome_reason:
+            lines.append(f"- **Reason:** {loop.outcome_reason}")
         if loop.escalation_level:
-            lines.append(f"escalation level {loop.escalation_level}")
+            lines.append(f"- **Escalation:** level {loop.escalation_level} ({ESCALATION_LEVELS[loop.escalation_level - 1]})")
+        if loop.report.version:
+            critical = " **CRITICAL**" if loop.report.critical else ""
+            lines.append(
+                f"- **Report:** v{loop.report.version} {loop.report.status}{critical}; delivered v{loop.delivered_version}, acknowledged v{loop.acknowledged_version}"
+            )
+        if loop.pending_delivery:
+            lines.append(f"- **Delivery pending:** {loop.pending_delivery}")
+        if loop.hold:
+            lines.append(f"- **On hold:** {loop.hold.reason}")
         anomalies = loop.open_anomalies
         if anomalies:
-            lines.append("open anomalies: " + "; ".join(f"{a.code}: {a.detail}" for a in anomalies[-3:]))
-        lines.append("last events:")
-        lines += [f"- {t.kind}{'' if t.applied else ' (ignored)'} {t.note}".rstrip() for t in loop.timeline[-5:]]
+            lines += ["", f"**Open anomalies ({len(anomalies)})**"]
+            lines += [f"- `{a.code}` {a.detail}" for a in anomalies[-5:]]
+        lines += ["", "**Last events**"]
+        lines += [
+            f"- {t.received_at:%m-%d %H:%M} {t.kind}{'' if t.applied else ' *(ignored)*'}" + (f" — {t.note}" if t.note else "")
+            for t in loop.timeline[-5:]
+        ]
         workflow.set_current_details("\n".join(lines))
 
     def _summary(self) -> LoopSummary:

@@ -16,7 +16,13 @@ log = structlog.get_logger()
 
 # Services `refloop dev` runs beside the worker: "module:function", each an
 # `async def serve(settings, stop: asyncio.Event)` that returns once `stop` is set.
-DEV_SERVICES: list[str] = []
+DEV_SERVICES: list[str] = [
+    "refloop.gateways.http.server:serve",  # HTTP on REFLOOP_BIND_HOST:REFLOOP_HTTP_PORT (8000)
+    "refloop.gateways.hl7.server:serve",  # MLLP on REFLOOP_BIND_HOST:REFLOOP_MLLP_PORT (2575)
+    "refloop.gateways.dicom.server:serve",  # MWL + MPPS (+ C-ECHO) on REFLOOP_DICOM_PORT
+    "refloop.gateways.orthanc:serve",  # only when REFLOOP_ORTHANC_URL is set
+    "refloop.gateways.worklist:serve_reading_notifier",  # only when REFLOOP_READING_WEBHOOK is set
+]
 
 
 def register(sub) -> None:

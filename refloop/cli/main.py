@@ -10,6 +10,9 @@ import sys
 COMMAND_MODULES = [
     "refloop.cli.dev",
     "refloop.cli.loops",
+    "refloop.cli.inbox",
+    "refloop.cli.operate",
+    "refloop.cli.worklist",
     "refloop.cli.bench",
 ]
 

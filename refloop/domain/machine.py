@@ -33,7 +33,7 @@ from refloop.domain.loop import (
     TimelineEntry,
 )
 from refloop.domain.policy import ESCALATION_LEVELS, Policy
-from refloop.domain.referral import Patient, Referral
+from refloop.domain.referral import Appointment, Patient, PatientId, Referral
 
 # --- effects: plain data the workflow carries out as activities ----------------------------
 
@@ -54,8 +54,10 @@ class Escalate(BaseModel):
 class NotifyRequester(BaseModel):
     """A milestone the requester is told about along the way (FHIR Task / ORC SC)."""
 
-    milestone: str  # accepted, booked, arrived, performed, report_available, delayed, cancelled, did_not_attend, not_performed
+    milestone: str  # accepted, booked, arrived, performed, report_available, delayed, cancelled, did_not_attend, not_performed, reopened
     detail: str = ""
+    # Where the loop stood once the input that caused it was applied; the workflow stamps it.
+    stage: str = ""
 
 
 class Complete(BaseModel):
@@ -246,8 +248,8 @@ def _order_placed(ctx: _Ctx, e: ev.OrderPlaced) -> None:
     ref.requester = e.requester
     ref.service = e.service
     ref.identifiers = ref.identifiers.merged(e.identifiers)
-    if e.appointment and e.appointment.start:
-        ref.appointment = e.appointment
+    if e.appointment:
+        ref.appointment = e.appointment  # station AETs may come with the order, the time later
     if not first:
         ctx.note("order repeated; details refreshed")
         return
@@ -277,10 +279,17 @@ def _order_changed(ctx: _Ctx, e: ev.OrderChanged) -> None:
     ctx.note("order details changed")
 
 
+def _booked_where(known: Appointment, booking: Appointment) -> Appointment:
+    """A booking that names no station keeps the stations the order already named (an OMI's
+    IPC station AE titles, say): the modality worklist is queried by them."""
+    keep = {k: getattr(known, k) for k in ("station_aet", "station_name", "location") if not getattr(booking, k)}
+    return booking.model_copy(update=keep)
+
+
 def _scheduled(ctx: _Ctx, e: ev.Scheduled) -> None:
     loop = ctx.loop
     ref = loop.referral
-    ref.appointment = e.appointment
+    ref.appointment = _booked_where(ref.appointment, e.appointment)
     ref.identifiers = ref.identifiers.merged(e.identifiers)
     if e.patient and ref.patient and e.patient != ref.patient.id:
         ctx.anomaly("patient_mismatch", f"booking names patient {e.patient}, order names {ref.patient.id}")
@@ -293,7 +302,7 @@ def _scheduled(ctx: _Ctx, e: ev.Scheduled) -> None:
 
 def _rescheduled(ctx: _Ctx, e: ev.Rescheduled) -> None:
     loop = ctx.loop
-    loop.referral.appointment = e.appointment
+    loop.referral.appointment = _booked_where(loop.referral.appointment, e.appointment)
     if _rank(loop) > RANK[Stage.SCHEDULED]:
         ctx.note(f"rescheduled while {loop.stage.value}; appointment updated only")
         return
@@ -342,6 +351,11 @@ def _step(loop: Loop, mpps_uid: str) -> ProcedureStep:
     return s
 
 
+def _same_patient_at_modality(seen: PatientId, booked: PatientId) -> bool:
+    """Modalities often send no Issuer of Patient ID: an unknown issuer is not another issuer."""
+    return seen.value == booked.value and (not seen.issuer or not booked.issuer or seen.issuer == booked.issuer)
+
+
 def _procedure_started(ctx: _Ctx, e: ev.ProcedureStarted) -> None:
     loop = ctx.loop
     ref = loop.referral
@@ -355,7 +369,7 @@ def _procedure_started(ctx: _Ctx, e: ev.ProcedureStarted) -> None:
             f"modality performed {e.procedure_code} {e.procedure_display}".strip() + f", booked {booked}",
             travels=True,
         )
-    if e.patient and ref.patient and e.patient != ref.patient.id:
+    if e.patient and ref.patient and not _same_patient_at_modality(e.patient, ref.patient.id):
         ctx.anomaly("patient_mismatch", f"modality reported patient {e.patient}, loop has {ref.patient.id}", travels=True)
     ctx.advance(Stage.IN_PROGRESS, e.occurred_at)
 
@@ -443,7 +457,7 @@ def _report_issued(ctx: _Ctx, e: ev.ReportIssued) -> None:
     loop = ctx.loop
     report = loop.report
     if e.status == "preliminary":
-        if report.version:
+        if _has_final(loop):
             ctx.ignore("preliminary after final; final kept")
             return
         report.report_id, report.status, report.conclusion = e.report_id, "preliminary", e.conclusion
@@ -451,10 +465,14 @@ def _report_issued(ctx: _Ctx, e: ev.ReportIssued) -> None:
         if ctx.advance(Stage.REPORTED_PRELIMINARY, e.occurred_at):
             ctx.effects.append(NotifyRequester(milestone="report_available", detail="preliminary"))
         return
-    if report.version:
+    if _has_final(loop):
         ctx.ignore("final already issued; use an amendment to change it")
         return
     _issue_final(ctx, e.report_id, "final", e.conclusion, e.critical, e.occurred_at)
+
+
+def _has_final(loop: Loop) -> bool:
+    return loop.report.version > 0 and loop.report.status != "withdrawn"
 
 
 def _issue_final(ctx: _Ctx, report_id: str, status: str, conclusion: str, critical: bool, at: datetime) -> None:
@@ -464,7 +482,7 @@ def _issue_final(ctx: _Ctx, report_id: str, status: str, conclusion: str, critic
     report.report_id = report_id or report.report_id
     report.status, report.conclusion, report.critical, report.issued_at = status, conclusion, critical, at
     loop.pending_delivery = "result"
-    if report.version == 1:
+    if report.version == 1 or loop.stage in (Stage.ARCHIVED, Stage.REPORTED_PRELIMINARY):
         ctx.advance(Stage.REPORTED_FINAL, at)
     else:
         _reopen_for_delivery(ctx, at)
@@ -492,7 +510,7 @@ def _report_revised(ctx: _Ctx, e: ev.ReportRevised) -> None:
         ctx.ignore(f"report revised but loop closed as {loop.outcome}")
         ctx.anomaly("event_after_closure", f"report {e.revision} after closure as {loop.outcome}")
         return
-    if not loop.report.version:
+    if not _has_final(loop):
         ctx.note(f"{e.revision} report before any final; taken as the final")
     else:
         ctx.note(f"report {e.revision}; redelivery needs a new acknowledgment")
@@ -514,9 +532,9 @@ def _report_withdrawn(ctx: _Ctx, e: ev.ReportWithdrawn) -> None:
         ctx.enter(Stage.ENTERED_IN_ERROR, e.occurred_at)
         loop.closed_at = None
     else:
-        # Cancelled report: the study still needs reading; back to waiting for a report.
-        report.version, report.conclusion = 0, ""
-        loop.delivered_version = loop.acknowledged_version = 0
+        # Cancelled report: the study still needs reading; back to waiting for a new report.
+        # Versions stay monotonic so a late ack of the withdrawn one can never close the loop.
+        report.conclusion = ""
         loop.outcome, loop.closed_at = None, None
         ctx.enter(Stage.ARCHIVED, e.occurred_at)
         ctx.note("report cancelled; waiting for a new report")
@@ -532,7 +550,7 @@ def _result_delivered(ctx: _Ctx, e: ev.ResultDelivered) -> None:
     loop = ctx.loop
     loop.milestones.setdefault(f"delivered_{e.what}", e.occurred_at)
     if e.what == "result":
-        if not loop.report.version:
+        if not _has_final(loop):
             ctx.ignore("delivery reported but there is no final report")
             ctx.anomaly("delivery_without_report", "a result delivery was reported before any final report")
             return
@@ -548,7 +566,6 @@ def _result_delivered(ctx: _Ctx, e: ev.ResultDelivered) -> None:
             ctx.advance(Stage.DELIVERED, e.occurred_at)
         return
     if e.what == "retraction":
-        loop.delivered_version = 0
         loop.pending_delivery = "exception" if loop.stage == Stage.ENTERED_IN_ERROR else ""
         if loop.stage == Stage.ENTERED_IN_ERROR:
             _close(ctx, Outcome.ENTERED_IN_ERROR, loop.outcome_reason, e.occurred_at)
@@ -565,7 +582,7 @@ def _result_delivered(ctx: _Ctx, e: ev.ResultDelivered) -> None:
 
 def _result_acknowledged(ctx: _Ctx, e: ev.ResultAcknowledged) -> None:
     loop = ctx.loop
-    if not loop.report.version:
+    if not _has_final(loop):
         ctx.ignore("acknowledgment but no final result exists")
         ctx.anomaly("ack_without_result", "requester acknowledged before any final report")
         return
@@ -593,7 +610,7 @@ def _close(ctx: _Ctx, outcome: Outcome, reason: str, at: datetime) -> None:
 
 def _referral_cancelled(ctx: _Ctx, e: ev.ReferralCancelled) -> None:
     loop = ctx.loop
-    if loop.report.version:
+    if _has_final(loop):
         ctx.ignore("cancellation after a final report")
         ctx.anomaly("late_cancellation", f"order cancelled ({e.reason}) after a final report was issued")
         return
@@ -620,7 +637,7 @@ def _did_not_attend(ctx: _Ctx, e: ev.DidNotAttend) -> None:
 
 def _unable_to_perform(ctx: _Ctx, e: ev.UnableToPerform) -> None:
     loop = ctx.loop
-    if loop.report.version or _rank(loop) >= RANK[Stage.ARCHIVED]:
+    if _has_final(loop) or _rank(loop) >= RANK[Stage.ARCHIVED]:
         ctx.ignore("unable to perform after images were archived")
         ctx.anomaly("late_discontinuation", "unable to perform reported after the study was archived")
         return
@@ -691,6 +708,37 @@ def _stage_target(loop: Loop, policy: Policy) -> tuple[str, timedelta] | None:
         case s if s in EXCEPTION_STAGES:
             return "delivery", t.delivery.for_priority(prio)
     return None
+
+
+_WAITING = {
+    "awaiting_order": "the order",
+    "booking": "a booking",
+    "procedure_start": "the procedure to start (MPPS)",
+    "procedure_end": "the procedure to end (MPPS)",
+    "archive": "the images in the archive",
+    "final_report": "the final report",
+    "acknowledgment": "the requester's acknowledgment",
+    "identity_hold": "an operator's identity decision",
+}
+
+
+def waiting_for(loop: Loop, policy: Policy) -> str:
+    """What the loop waits for now, in words an operator reads at a glance."""
+    if loop.stage == Stage.CLOSED:
+        return "nothing (closed; amendments still reopen it)"
+    if loop.stage == Stage.SCHEDULED:
+        start = loop.referral.appointment.start
+        return f"the patient's arrival (appointment {start:%Y-%m-%d %H:%M} UTC)" if start else "the patient's arrival"
+    if loop.stage in EXCEPTION_STAGES or loop.stage == Stage.REPORTED_FINAL:
+        what = loop.pending_delivery or ("result" if loop.stage == Stage.REPORTED_FINAL else "exception")
+        return {"result": "delivery of the result", "exception": "delivery of the no-result notice", "retraction": "delivery of the retraction"}[what]
+    target = _stage_target(loop, policy)
+    if target is None:
+        return "-"
+    text = _WAITING.get(target[0], target[0].replace("_", " "))
+    if target[0] == "acknowledgment" and loop.report.critical:
+        text += " (critical result)"
+    return text
 
 
 def next_deadline(loop: Loop, policy: Policy) -> Deadline | None:
@@ -827,6 +875,8 @@ def command(loop: Loop, cmd: BaseModel, now: datetime, policy: Policy) -> Step:
         for a in loop.anomalies:
             a.resolved = True
         ctx.note(f"reopened by {operator} at {resume.value}: {cmd.reason}")
+        # The requester was told the loop ended; tell it the loop is open again.
+        ctx.effects.append(NotifyRequester(milestone="reopened", detail=cmd.reason))
         kind = "operator_reopen"
     else:
         assert isinstance(cmd, ev.Redeliver)

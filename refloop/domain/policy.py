@@ -61,6 +61,28 @@ class StageTargets(BaseModel):
     identity_hold: PerPriority = _same("1h")
 
 
+class DeliveryRetry(BaseModel):
+    """How result delivery retries (Temporal retry policy of the delivery activity)."""
+
+    model_config = ConfigDict(extra="forbid")
+    attempt_timeout: Duration = timedelta(seconds=30)  # one attempt, incl. a hanging endpoint
+    first_retry: Duration = timedelta(seconds=2)
+    backoff: float = 2.0
+    max_retry_interval: Duration = timedelta(minutes=5)
+    # 12 attempts span ~24 min: past the 15 min delivery target, so "remind" fires first.
+    max_attempts: int = 12
+
+    @model_validator(mode="after")
+    def _check(self) -> DeliveryRetry:
+        if self.attempt_timeout <= timedelta(0) or self.first_retry <= timedelta(0):
+            raise ValueError("delivery.attempt_timeout and delivery.first_retry must be positive")
+        if self.max_retry_interval < self.first_retry:
+            raise ValueError("delivery.max_retry_interval must be at least delivery.first_retry")
+        if self.backoff < 1 or self.max_attempts < 1:
+            raise ValueError("delivery.backoff must be >= 1 and delivery.max_attempts >= 1")
+        return self
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     arrival_grace: Duration = timedelta(minutes=30)
@@ -70,6 +92,7 @@ class Policy(BaseModel):
     escalation_offsets: list[Duration] = [timedelta(0), timedelta(minutes=30), timedelta(hours=2)]
     amendment_window: Duration = timedelta(days=30)
     sweep_interval: Duration = timedelta(minutes=5)
+    delivery: DeliveryRetry = DeliveryRetry()
     stages: StageTargets = StageTargets()
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from enum import StrEnum
 import structlog
 from pydantic import BaseModel
 from temporalio.client import Client
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from refloop.domain.events import EventBase
 from refloop.domain.policy import Policy
@@ -37,6 +38,8 @@ class Keys(BaseModel):
     patient: PatientId | None = None
     # Patient alone may bind only events that can only concern a booked, not-yet-arrived loop.
     match_patient_awaiting_arrival: bool = False
+    # The event concerns the patient, not one order (a merge): every open loop of theirs gets it.
+    all_open_loops_of_patient: bool = False
 
     def lookup(self) -> list[tuple[str, str]]:
         pairs = [
@@ -54,6 +57,7 @@ class Status(StrEnum):
     PARKED = "parked"  # kept until its referral is known
     AMBIGUOUS = "ambiguous"  # more than one loop claims it: an operator decides
     REJECTED = "rejected"  # could not be understood
+    LATE = "late"  # its loop has already completed (after the amendment window): an operator decides
     DUPLICATE = "duplicate"  # seen before; answered as the first time
 
 
@@ -80,7 +84,7 @@ class Result:
     def positive(self) -> bool:
         """Should the sender get a positive acknowledgment?"""
         status = self.first_status if self.status == Status.DUPLICATE else self.status
-        return status in (Status.ACCEPTED, Status.PARKED, Status.AMBIGUOUS)
+        return status in (Status.ACCEPTED, Status.PARKED, Status.AMBIGUOUS, Status.LATE)
 
 
 class Intake:
@@ -112,6 +116,8 @@ class Intake:
     async def _route(self, row_id: int, msg: Inbound) -> Result:
         assert msg.event is not None
         candidates = await asyncio.to_thread(self.correlate, msg.keys)
+        if msg.keys.all_open_loops_of_patient:
+            return await self._fan_out(row_id, candidates, msg)
         if len(candidates) == 1:
             return await self._dispatch(row_id, candidates[0], msg)
         event_json = msg.event.model_dump_json()
@@ -122,6 +128,9 @@ class Intake:
             log.warning("inbound_ambiguous", protocol=msg.protocol, event_kind=kind, candidates=len(candidates))
             return Result(Status.AMBIGUOUS, detail=detail)
         keys = msg.keys.lookup()
+        if msg.keys.patient and msg.keys.match_patient_awaiting_arrival:
+            # Released to the loop of this patient that is booked and awaiting arrival.
+            keys.append(("patient", patient_key(msg.keys.patient)))
         await asyncio.to_thread(self.inbox.park, row_id, event_json, kind, msg.event.event_id, keys)
         # A loop may have indexed these identifiers while we parked: look once more.
         again = await asyncio.to_thread(self.correlate, msg.keys)
@@ -132,19 +141,63 @@ class Intake:
 
     def correlate(self, keys: Keys) -> list[str]:
         """Referral IDs this message belongs to: one is a match, several are ambiguous."""
+        if keys.patient and keys.all_open_loops_of_patient:
+            return self.inbox.open_referrals_of_patient(patient_key(keys.patient))
         if keys.placer_order_number:
             return [referral_key(keys.placer_order_number, keys.placer_system)]
-        for kind, value in keys.lookup():  # strongest key that is known wins
-            found = self.store.find_referrals(kind, value)
-            if found:
-                return found
+        # Every known key is evidence: loops all of them point at win. Keys that point at
+        # different loops are ambiguous (an operator decides), never a guess.
+        found = [set(self.store.find_referrals(kind, value)) for kind, value in keys.lookup()]
+        found = [f for f in found if f]
+        if found:
+            candidates = set.intersection(*found) or set.union(*found)
+            if len(candidates) > 1 and keys.patient:
+                # e.g. one accession shared by several requested procedures: the patient narrows it.
+                same_patient = candidates & set(self.store.find_referrals("patient", patient_key(keys.patient)))
+                candidates = same_patient or candidates
+            return sorted(candidates)
         if keys.patient and keys.match_patient_awaiting_arrival:
             return self.inbox.referrals_awaiting_arrival(patient_key(keys.patient))
         return []
 
+    async def _fan_out(self, row_id: int, referral_ids: list[str], msg: Inbound) -> Result:
+        """Signal every loop the event concerns; none is fine (nothing open to update)."""
+        assert msg.event is not None
+        signalled = []
+        for rid in referral_ids:
+            try:
+                await signal_event(self.client, self.task_queue, rid, msg.event, self.policy)
+                signalled.append(rid)
+            except WorkflowAlreadyStartedError:
+                continue  # completed meanwhile: nothing open to update there
+        referral_ids = signalled
+        kind = msg.event.kind  # type: ignore[attr-defined]
+        await asyncio.to_thread(
+            self.inbox.update,
+            row_id,
+            status=Status.ACCEPTED.value,
+            referral_id=",".join(referral_ids),
+            event_kind=kind,
+            event_id=msg.event.event_id,
+            event_json=msg.event.model_dump_json(),
+        )
+        log.info("inbound_accepted", protocol=msg.protocol, event_kind=kind, referrals=len(referral_ids))
+        return Result(Status.ACCEPTED, ",".join(referral_ids), "" if referral_ids else "no open loop concerns it")
+
     async def _dispatch(self, row_id: int, referral_id: str, msg: Inbound) -> Result:
         assert msg.event is not None
-        await signal_event(self.client, self.task_queue, referral_id, msg.event, self.policy)
+        try:
+            await signal_event(self.client, self.task_queue, referral_id, msg.event, self.policy)
+        except WorkflowAlreadyStartedError:
+            # The loop completed (its amendment window is over): never start a second loop
+            # for the same referral; keep the message for an operator instead.
+            detail = "the referral's loop has already completed"
+            await asyncio.to_thread(
+                self.inbox.update, row_id, status=Status.LATE.value, referral_id=referral_id, error=detail,
+                event_kind=msg.event.kind, event_id=msg.event.event_id, event_json=msg.event.model_dump_json(),  # type: ignore[attr-defined]
+            )
+            log.warning("inbound_late", protocol=msg.protocol, event_kind=msg.event.kind, referral_id=referral_id)  # type: ignore[attr-defined]
+            return Result(Status.LATE, referral_id, detail)
         await asyncio.to_thread(
             self.inbox.update,
             row_id,

@@ -8,7 +8,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel, create_engine
 
-from refloop.store import tables  # noqa: F401  (registers the tables)
+from refloop.store import imaging, tables  # noqa: F401  (registers the tables)
 
 
 def sqlite_url(data_dir: str | Path) -> str:

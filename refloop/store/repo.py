@@ -154,20 +154,28 @@ class Store:
                 [dict(kind=k, value=v, referral_id=rid) for k, v in keys - existing],
                 ["kind", "value", "referral_id"],
             )
-            released = self._parked_for(s, keys, set(loop.seen_event_ids), rid)
+            released = self._parked_for(s, loop, keys, rid)
             s.commit()
         return released
 
-    def _parked_for(self, s: Session, keys: set[tuple[str, str]], seen: set[str], rid: str) -> list[dict]:
-        # Patient alone never binds a parked message: one patient has many referrals.
-        strong = [(k, v) for k, v in keys if k != "patient"]
+    def _parked_for(self, s: Session, loop: Loop, keys: set[tuple[str, str]], rid: str) -> list[dict]:
+        seen = set(loop.seen_event_ids)
+        # Patient alone binds only an arrival, and only to a loop booked and awaiting it:
+        # one patient has many referrals.
+        strong = [and_(ParkedKeyRow.kind == k, ParkedKeyRow.value == v) for k, v in keys if k != "patient"]
+        if loop.stage.value in ("ordered", "scheduled"):
+            strong += [
+                and_(ParkedKeyRow.kind == k, ParkedKeyRow.value == v, InboxRow.event_kind == "arrived")
+                for k, v in keys
+                if k == "patient"
+            ]
         if not strong:
             return []
         rows = s.exec(
             select(InboxRow)
             .join(ParkedKeyRow, ParkedKeyRow.inbox_id == InboxRow.id)  # type: ignore[arg-type]
             .where(InboxRow.status == "parked")
-            .where(or_(*[and_(ParkedKeyRow.kind == k, ParkedKeyRow.value == v) for k, v in strong]))
+            .where(or_(*strong))
             .order_by(InboxRow.id)  # type: ignore[arg-type]
         ).all()
         out: list[dict] = []
@@ -295,4 +303,13 @@ class InboxStore:
             if not rids:
                 return []
             rows = s.exec(select(LoopRow.referral_id).where(LoopRow.referral_id.in_(rids), LoopRow.stage.in_(["ordered", "scheduled"]))).all()  # type: ignore[attr-defined]
+            return sorted(set(rows))
+
+    def open_referrals_of_patient(self, patient: str) -> list[str]:
+        """Loops of this patient (ID^^^issuer) not closed yet (a closed loop's workflow may be gone)."""
+        with Session(self.engine) as s:
+            rids = s.exec(select(IdentifierRow.referral_id).where(IdentifierRow.kind == "patient", IdentifierRow.value == patient)).all()
+            if not rids:
+                return []
+            rows = s.exec(select(LoopRow.referral_id).where(LoopRow.referral_id.in_(rids), LoopRow.stage != "closed")).all()  # type: ignore[attr-defined]
             return sorted(set(rows))

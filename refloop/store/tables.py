@@ -112,24 +112,31 @@ class OutboxRow(SQLModel, table=True):
     seq: int
     created_at: datetime
     payload_json: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(default="pending", index=True)  # pending, sent, failed, skipped
+    status: str = Field(default="pending", index=True)  # pending, sending, sent, failed, skipped
     attempts: int = 0
     last_error: str = ""
     sent_at: datetime | None = None
+    # Backoff and claiming for the relay: not before this time; a claim expires at lease_until.
+    next_attempt_at: datetime | None = None
+    lease_until: datetime | None = None
 
 
 class DeliveryAttemptRow(SQLModel, table=True):
+    """One try at delivering a result (or its retraction, or why there is none) to the requester."""
+
     __tablename__ = "delivery_attempts"
     id: int | None = Field(default=None, primary_key=True)
     referral_id: str = Field(index=True)
     what: str  # result, exception, retraction
     version: int
-    attempt: int
+    attempt: int  # Temporal's attempt number within one delivery
+    delivery: str = ""  # workflow run + activity id: which delivery the attempt belongs to
     at: datetime
+    channel: str = ""  # fhir, hl7
     endpoint: str = ""
     status_code: int | None = None
     ok: bool = False
-    error: str = ""
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
 
 
 class CursorRow(SQLModel, table=True):
@@ -139,3 +146,20 @@ class CursorRow(SQLModel, table=True):
     name: str = Field(primary_key=True)
     value: str
     updated_at: datetime
+
+
+class SweepDigestRow(SQLModel, table=True):
+    """What one escalation sweep found: stale loops, as a digest for operations."""
+
+    __tablename__ = "sweep_digests"
+    id: int | None = Field(default=None, primary_key=True)
+    sweep_id: str = Field(unique=True)  # workflow run of the sweep
+    swept_at: datetime = Field(index=True)
+    task_queue: str = ""
+    stale: int = 0
+    overdue: int = 0
+    escalated: int = 0
+    attention: int = 0
+    truncated: bool = False
+    posted: str = ""  # "webhook", "none" (no webhook configured), "" (not yet)
+    digest_json: str = Field(sa_column=Column(Text, nullable=False))

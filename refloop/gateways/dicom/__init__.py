@@ -1,0 +1,1 @@
+"""DICOM gateways for the modalities: Modality Worklist and MPPS."""

@@ -165,8 +165,13 @@ class Run:
         if "latency" in o.phases:
             for t in targets:
                 with self.phase(t, f"latency, idle: {o.probe_loops} loops x {len(t.events('x'))} events", workers[t.name]):
-                    samples = await measure.latency(t, t.loop_ids("idle", o.probe_loops))
+                    idle_ids = t.loop_ids("idle", o.probe_loops)
+                    samples = await measure.latency(t, idle_ids)
                     figures[t.name]["latency_idle"] = self.show(measure.percentiles(samples))
+                    # These loops got one event per workflow task (each visible before the next):
+                    # the history cost of events that arrive apart, as real ones do.
+                    history = await measure.history_per_event(t, idle_ids)
+                    figures[t.name]["history_spaced"] = self.show(history, keys=("history_events", "applied_events", "per_applied_event"))
         if "throughput" in o.phases:
             throughput_ids = {t.name: t.loop_ids("tp", o.loops) for t in targets}
             for t in targets:
@@ -255,12 +260,12 @@ class Run:
         try:
             await _wait_port(port)
             self.echo(f"[product] throughput through the HL7 MLLP gateway ({spec}): {o.loops} loops")
-            driver = mllp.MllpLoops(port)
+            driver = mllp.MllpLoops(port, product)
             ids = product.loop_ids("mllp", o.loops)
             seconds, failures = await measure.run_pool(ids, o.concurrency, driver.drive)
         finally:
             self.stop(gateway)
-        per_loop = len(mllp.MESSAGES)
+        per_loop = mllp.MESSAGES_PER_LOOP
         return {
             "available": True,
             "service": spec,

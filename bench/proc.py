@@ -31,12 +31,8 @@ async def product_worker(settings: Settings, stop: asyncio.Event) -> None:
     from workers.main import build_worker
 
     client = await connect(settings.temporal_address, settings.namespace)
-    # Tuning experiments: Worker keyword arguments as JSON; "unsandboxed": true swaps the runner.
+    # Tuning experiments: extra Worker keyword arguments as JSON.
     options = json.loads(os.environ.get("REFLOOP_BENCH_WORKER_OPTIONS", "{}"))
-    if options.pop("unsandboxed", False):
-        from temporalio.worker import UnsandboxedWorkflowRunner
-
-        options["workflow_runner"] = UnsandboxedWorkflowRunner()
     await _serve(build_worker(client, settings, Store(make_engine(settings.db_url)), **options), stop)
 
 

@@ -43,6 +43,7 @@ class Options:
     load_events_per_s: float = 30.0  # used when the throughput phase did not run
     open_loops: list[int] = field(default_factory=lambda: [1000, 5000])  # worker RSS at these counts
     history_sample: int = 20
+    rounds: int = 2  # timed phases alternate the targets (ABBA) over this many rounds
     mllp_service: str = ""  # MODULE:FUNC; default: the HL7 gateway when this build has one
     skip_mllp: bool = False
     db_url: str = ""  # the product's SQL store; default a SQLite file in the run's temp dir
@@ -163,36 +164,47 @@ class Run:
         figures: dict[str, dict] = {t.name: {} for t in targets}
         workers = {t.name: await self.worker(t.name, t.task_queue) for t in targets}
 
-        # Each phase runs the baseline, then the product, on the same server: same conditions.
+        # Every timed phase runs in rounds, the targets taking turns in ABBA order on the same
+        # server, so that load from elsewhere on the machine hits both alike.
         if "latency" in o.phases:
+            samples = await self.rounds(targets, workers, "latency, idle", lambda t, r: measure.latency(t, self.part(t.loop_ids("idle", o.probe_loops), r)))
             for t in targets:
-                with self.phase(t, f"latency, idle: {o.probe_loops} loops x {len(t.events('x'))} events", workers[t.name]):
-                    samples = await measure.latency(t, t.loop_ids("idle", o.probe_loops))
-                    figures[t.name]["latency_idle"] = self.show(measure.percentiles(samples))
+                figures[t.name]["latency_idle"] = self.show(measure.percentiles(sum(samples[t.name], [])), t)
+            for t in targets:
+                with self.phase(t, f"history of {o.probe_loops} loops receiving an event every 0.5 s", workers[t.name]):
                     # The history cost of events that arrive apart, as real ones do.
                     spaced_ids = t.loop_ids("spaced", o.probe_loops)
                     await measure.drive_spaced(t, spaced_ids, spacing=0.5)
                     history = await measure.history_per_event(t, spaced_ids)
-                    figures[t.name]["history_spaced"] = self.show(history, keys=("history_events", "applied_events", "per_applied_event"))
+                    figures[t.name]["history_spaced"] = self.show(history, t, keys=("history_events", "applied_events", "per_applied_event"))
         if "throughput" in o.phases:
-            throughput_ids = {t.name: t.loop_ids("tp", o.loops) for t in targets}
+            ids = {t.name: t.loop_ids("tp", o.loops) for t in targets}
+            parts = await self.rounds(
+                targets, workers, f"throughput ({o.concurrency} loops in flight)", lambda t, r: measure.throughput(t, self.part(ids[t.name], r), o.concurrency)
+            )
             for t in targets:
-                with self.phase(t, f"throughput: {o.loops} loops, {o.concurrency} in flight", workers[t.name]):
-                    figures[t.name]["throughput"] = self.show(await measure.throughput(t, throughput_ids[t.name], o.concurrency))
+                figures[t.name]["throughput"] = self.show(measure.combine_throughput(parts[t.name]), t)
             for t in targets:
-                with self.phase(t, f"history of {o.history_sample} loops", workers[t.name]):
-                    history = await measure.history_per_event(t, throughput_ids[t.name][: o.history_sample])
-                    figures[t.name]["history"] = self.show(history, keys=("history_events", "applied_events", "per_applied_event"))
+                with self.phase(t, f"history of {o.history_sample} of those loops", workers[t.name]):
+                    history = await measure.history_per_event(t, ids[t.name][: o.history_sample])
+                    figures[t.name]["history"] = self.show(history, t, keys=("history_events", "applied_events", "per_applied_event"))
         if "load" in o.phases:
             # The same offered load for both: a fraction of the baseline's measured throughput.
             base = figures.get("baseline", {}).get("throughput", {}).get("events_per_s")
             rate = o.load_fraction * base if base else o.load_events_per_s
+            load_ids = {t.name: iter(t.loop_ids("load", 20_000)) for t in targets}  # far more than needed
+
+            async def loaded(t: Target, r: int):
+                probes = self.part(t.loop_ids("probe", o.probe_loops), r)
+                return await measure.latency_under_load(t, probes, load_ids[t.name], o.load_concurrency, rate)
+
+            what = f"latency with {o.load_concurrency} loops in the background receiving {rate:.0f} events/s"
+            parts = await self.rounds(targets, workers, what, loaded)
             for t in targets:
-                what = f"latency with {o.load_concurrency} loops in the background receiving {rate:.0f} events/s"
-                with self.phase(t, what, workers[t.name]):
-                    load_ids = t.loop_ids("load", 20_000)  # far more than the probe needs
-                    samples, load = await measure.latency_under_load(t, t.loop_ids("probe", o.probe_loops), load_ids, o.load_concurrency, rate)
-                    figures[t.name]["latency_load"] = self.show({**measure.percentiles(samples), **load})
+                samples = sum((s for s, _ in parts[t.name]), [])
+                sent = [load["background_events_per_s_sent"] for _, load in parts[t.name]]
+                load = {**parts[t.name][0][1], "background_events_per_s_sent": round(sum(sent) / len(sent), 1)}
+                figures[t.name]["latency_load"] = self.show({**measure.percentiles(samples), **load}, t)
         if "mllp" in o.phases and "product" in workers:
             figures["product"]["mllp"] = await self._mllp(next(t for t in targets if t.name == "product"))
         for proc in workers.values():
@@ -212,8 +224,22 @@ class Run:
             "ratios": ratios(figures) if len(targets) == 2 else {},
         }
 
-    def show(self, figure: dict, keys: tuple[str, ...] = ()) -> dict:
-        self.echo("    " + ", ".join(f"{k}={v}" for k, v in figure.items() if not keys or k in keys))
+    def part(self, ids: list[str], r: int) -> list[str]:
+        """This round's share of a phase's loops."""
+        return ids[r :: self.opts.rounds]
+
+    async def rounds(self, targets: list[Target], workers: dict[str, Proc], what: str, run) -> dict[str, list]:
+        """`run(target, round)` for every round, the targets in ABBA order; results per target."""
+        out: dict[str, list] = {t.name: [] for t in targets}
+        for r in range(self.opts.rounds):
+            for t in targets if r % 2 == 0 else targets[::-1]:
+                with self.phase(t, f"{what}, round {r + 1}/{self.opts.rounds}", workers[t.name]):
+                    out[t.name].append(await run(t, r))
+        return out
+
+    def show(self, figure: dict, t: Target | None = None, keys: tuple[str, ...] = ()) -> dict:
+        shown = ", ".join(f"{k}={v}" for k, v in figure.items() if not keys or k in keys)
+        self.echo(f"[{t.name}] => {shown}" if t else f"    {shown}")
         return figure
 
     @contextmanager
@@ -224,7 +250,7 @@ class Run:
         yield
         if proc.popen.poll() is not None:
             raise RuntimeError(f"the {t.name} worker exited during '{what}'; see {proc.log}")
-        self.echo(f"[{t.name}]   done in {time.monotonic() - started:.1f} s")
+        self.echo(f"[{t.name}]   {time.monotonic() - started:.1f} s")
 
     async def _rss(self, t: Target) -> dict:
         o = self.opts
@@ -282,7 +308,7 @@ class Run:
             "failures": failures,
             "negative_acks": driver.negative,
             "parked_after_run": len(parked),  # messages the gateway could not tie to a loop
-        }, keys=("loops_per_s", "events_per_s", "failures", "parked_after_run"))
+        }, product, keys=("loops_per_s", "events_per_s", "failures", "parked_after_run"))
 
 
 async def _wait_port(port: int, timeout: float = 60) -> None:

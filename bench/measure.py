@@ -6,7 +6,7 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import psutil
 
@@ -57,15 +57,24 @@ async def run_pool(loop_ids: list[str], concurrency: int, work: Callable[[str], 
 
 
 async def throughput(target: Target, loop_ids: list[str], concurrency: int) -> dict:
-    events_per_loop = len(target.events(loop_ids[0]))
     seconds, failures = await run_pool(loop_ids, concurrency, lambda lid: drive_loop(target, lid))
+    return _rates(len(loop_ids), len(target.events(loop_ids[0])), concurrency, seconds, failures)
+
+
+def combine_throughput(parts: list[dict]) -> dict:
+    """One figure from several rounds: all loops over all the time they took."""
+    loops, seconds = sum(p["loops"] for p in parts), sum(p["seconds"] for p in parts)
+    return _rates(loops, parts[0]["events_per_loop"], parts[0]["concurrency"], seconds, sum(p["failures"] for p in parts))
+
+
+def _rates(loops: int, events_per_loop: int, concurrency: int, seconds: float, failures: int) -> dict:
     return {
-        "loops": len(loop_ids),
+        "loops": loops,
         "events_per_loop": events_per_loop,
         "concurrency": concurrency,
         "seconds": round(seconds, 2),
-        "loops_per_s": round(len(loop_ids) / seconds, 2),
-        "events_per_s": round(len(loop_ids) * events_per_loop / seconds, 1),
+        "loops_per_s": round(loops / seconds, 2),
+        "events_per_s": round(loops * events_per_loop / seconds, 1),
         "failures": failures,
     }
 
@@ -101,19 +110,18 @@ class Pacer:
 
 
 async def latency_under_load(
-    target: Target, probe_ids: list[str], load_ids: list[str], load_concurrency: int, events_per_s: float
+    target: Target, probe_ids: list[str], load_ids: Iterator[str], load_concurrency: int, events_per_s: float
 ) -> tuple[list[float], dict]:
     """The same probe while `load_concurrency` other loops receive events at a fixed total rate,
     the same rate for every target."""
     stop = asyncio.Event()
     pacer = Pacer(events_per_s)
-    it = iter(load_ids)
     sent = 0
 
     async def background() -> None:
         nonlocal sent
         while not stop.is_set():
-            lid = next(it, None)
+            lid = next(load_ids, None)
             if lid is None:
                 return
             for e in target.events(lid):

@@ -14,6 +14,7 @@ def register(sub) -> None:
     p.add_argument("--load-fraction", type=float, default=0.5, help="background events/s as a fraction of the baseline's throughput (default 0.5)")
     p.add_argument("--open-loops", default="1000,5000", help="worker RSS at these open-loop counts (default 1000,5000)")
     p.add_argument("--history-sample", type=int, default=20, help="loops whose history is fetched (default 20)")
+    p.add_argument("--rounds", type=int, default=2, help="timed phases alternate the targets over this many rounds (default 2)")
     p.add_argument("--mllp-service", default="", help="MODULE:FUNC of the HL7 MLLP gateway service (default: found in this build)")
     p.add_argument("--skip-mllp", action="store_true", help="do not measure through the HL7 MLLP gateway")
     p.add_argument("--db-url", default="", help="the product's SQL store (default: a SQLite file in a temp dir)")
@@ -39,6 +40,7 @@ def cmd_bench(args) -> int:
         load_fraction=args.load_fraction,
         open_loops=open_loops,
         history_sample=args.history_sample,
+        rounds=max(1, args.rounds),
         mllp_service=args.mllp_service,
         skip_mllp=args.skip_mllp,
         db_url=args.db_url,

@@ -19,11 +19,12 @@ from pydicom import dcmread
 
 from refloop.cli.main import main
 from refloop.demo import messages as m
-from refloop.demo.day import the_day
+from refloop.demo.day import POLICY, the_day
 from refloop.demo.dicom_dump import parse_dump
 from refloop.demo.messages import Ids, Messages
 from refloop.demo.rekey import StructureChanged, rekey_hl7, structure
 from refloop.demo.samples import Samples, SamplesMissing, find_samples
+from refloop.domain.policy import PRIORITIES, StageTargets, load_policy
 from refloop.gateways.hl7.translate import translate
 from tests.conftest import SAMPLES
 
@@ -212,3 +213,15 @@ def test_samples_are_found_beside_the_repository_or_where_told(tmp_path, monkeyp
     assert find_samples() == SAMPLES  # an env path without the samples' folders is passed over
     with pytest.raises(SamplesMissing, match="were not found"):
         find_samples(tmp_path)
+
+
+def test_the_demo_policy_is_short_only_where_the_day_needs_a_timer_to_fire():
+    policy = load_policy(POLICY)
+    assert policy.arrival_grace <= timedelta(seconds=30)  # the no-show
+    assert policy.stages.final_report.stat <= timedelta(seconds=30)  # the late STAT report (no other loop is STAT)
+    assert [r.priority for story in the_day("X", NOW) for r in story.referrals].count("S") == 1
+    for stage in StageTargets.model_fields:  # every other deadline is far beyond the day's minute
+        for priority in PRIORITIES:
+            if (stage, priority) != ("final_report", "stat"):
+                assert getattr(getattr(policy.stages, stage), priority) >= timedelta(minutes=15), (stage, priority)
+    assert policy.critical_acknowledgment >= timedelta(minutes=15)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import shutil
 import signal
 import time
 from datetime import datetime, timezone
@@ -22,7 +21,6 @@ EXIT_MISSED = 1  # some loop did not reach its intended outcome
 
 
 def register(sub) -> None:
-    env = Settings()
     p = sub.add_parser(
         "demo",
         help="replay a day of referrals (real HL7, DICOM and FHIR messages) and show how every loop ends",
@@ -30,12 +28,12 @@ def register(sub) -> None:
     )
     p.add_argument("--exit", action="store_true", help="stop after the summary (default: keep running for inspection until Ctrl-C)")
     p.add_argument("--samples", help="the public samples folder (default: $REFLOOP_SAMPLES, else ../shared/samples next to the repository)")
-    p.add_argument("--data-dir", help=f"the demo's SQLite and logs, recreated each run (default: {env.data_dir / 'demo'})")
+    p.add_argument("--data-dir", help="the demo's SQLite and logs, recreated each run (default: $REFLOOP_DATA_DIR/demo, i.e. .refloop/demo)")
     p.add_argument("--port", type=int, default=7233, help="Temporal gRPC port (default 7233)")
     p.add_argument("--ui-port", type=int, default=8233, help="Temporal UI port (default 8233)")
-    p.add_argument("--http-port", type=int, default=env.http_port, help=f"HTTP gateway (default $REFLOOP_HTTP_PORT or {env.http_port})")
-    p.add_argument("--mllp-port", type=int, default=env.mllp_port, help=f"HL7 MLLP listener (default $REFLOOP_MLLP_PORT or {env.mllp_port})")
-    p.add_argument("--dicom-port", type=int, default=env.dicom_port, help=f"DICOM worklist/MPPS (default $REFLOOP_DICOM_PORT or {env.dicom_port})")
+    p.add_argument("--http-port", type=int, help="HTTP gateway (default $REFLOOP_HTTP_PORT or 8000)")
+    p.add_argument("--mllp-port", type=int, help="HL7 MLLP listener (default $REFLOOP_MLLP_PORT or 2575)")
+    p.add_argument("--dicom-port", type=int, help="DICOM worklist and MPPS (default $REFLOOP_DICOM_PORT or 11112)")
     p.add_argument("--pace", type=float, default=0.3, help="seconds between a loop's steps, to follow along (default 0.3)")
     p.set_defaults(func=cmd_demo)
 
@@ -50,12 +48,13 @@ def cmd_demo(args) -> int:
         samples = Samples(find_samples(args.samples))
     except SamplesMissing as err:
         raise CliError(str(err)) from None
-    ports = Ports(args.port, args.ui_port, args.http_port, args.mllp_port, args.dicom_port)
+    env = Settings()
+    ports = Ports(args.port, args.ui_port, args.http_port or env.http_port, args.mllp_port or env.mllp_port, args.dicom_port or env.dicom_port)
     try:
         ports.check_free()
     except StackError as err:
         raise CliError(str(err)) from None
-    data_dir = Path(args.data_dir) if args.data_dir else Settings().data_dir / "demo"
+    data_dir = Path(args.data_dir) if args.data_dir else env.data_dir / "demo"
     fresh_data_dir(data_dir)
     log = open(data_dir / "demo.log", "w")
     configure(json=True, stream=log)  # the terminal is for the day; the log (no PHI) for later
@@ -74,7 +73,6 @@ def fresh_data_dir(data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in ("refloop.db", "refloop.db-wal", "refloop.db-shm"):
         (data_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(data_dir / "tmp", ignore_errors=True)
 
 
 async def _demo(args, console: Console, samples, ports, data_dir: Path) -> int:
@@ -107,14 +105,7 @@ async def _demo(args, console: Console, samples, ports, data_dir: Path) -> int:
             started = time.monotonic()
             replay = Replay(settings, samples, Store(make_engine(settings.db_url)), tokens, display, pace=args.pace)
             with display:
-                day = asyncio.create_task(replay.run(stories))
-                interrupted = asyncio.create_task(stop.wait())
-                await asyncio.wait({day, interrupted}, return_when=asyncio.FIRST_COMPLETED)
-                interrupted.cancel()
-                if not day.done():
-                    day.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await day
+                await _until_done_or_stopped(replay.run(stories), stop)
             await ehr.drain()
             results = await _results(settings, refs, ehr)
             display.summary(results)
@@ -128,6 +119,18 @@ async def _demo(args, console: Console, samples, ports, data_dir: Path) -> int:
     if stop.is_set() and not all(r.met for r in results):
         return 130
     return 0 if all(r.met for r in results) else EXIT_MISSED
+
+
+async def _until_done_or_stopped(work, stop: asyncio.Event) -> None:
+    """Run `work`; Ctrl-C cancels it (the summary then shows how far each loop got)."""
+    task = asyncio.create_task(work)
+    interrupted = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _results(settings, refs, ehr):

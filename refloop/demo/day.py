@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from refloop.demo.messages import A04, A10, ORU_CDA, ORU_SR, Ids
 from refloop.demo.replay import Intended, Referral, Replay, Story
 from refloop.domain.loop import Outcome, Stage
+from refloop.domain.policy import load_policy
 
+# The day's policy: the defaults, with the deadlines the day must see pass made short.
+POLICY = Path(__file__).with_name("policy.toml")
 COMPLETED = Intended(Stage.CLOSED, Outcome.COMPLETED)
-STAT_REPORT_SECONDS = 20  # the demo policy's final_report deadline for STAT (policy.toml)
 
 
 # --- building blocks: what every loop goes through ------------------------------------------
@@ -107,7 +110,7 @@ async def preliminary_then_final(r: Replay, ref: Referral) -> None:
 async def no_show(r: Replay, ref: Referral) -> None:
     await ordered(r, ref)
     await booked(r, ref)  # for now: nobody comes; the loop's own timer notices
-    await r.until(ref, "the no-show timer (appointment + grace)", lambda lp: lp.stage == Stage.CLOSED, timeout=60)
+    await r.until(ref, "the no-show timer (appointment + grace)", lambda lp: lp.stage == Stage.CLOSED, timeout=60, announce=True)
 
 
 async def contraindication(r: Replay, ref: Referral) -> None:
@@ -140,7 +143,8 @@ async def late_report(r: Replay, ref: Referral) -> None:
     await booked(r, ref)
     await performed(r, ref)
     # No report: the STAT final-report deadline passes; remind, then escalate.
-    await r.until(ref, f"escalation (no final report {STAT_REPORT_SECONDS}s after the images)", lambda lp: lp.escalation_level >= 2, timeout=90)
+    deadline = load_policy(POLICY).stages.final_report.stat.total_seconds()
+    await r.until(ref, f"the STAT report deadline ({deadline:.0f} s after the images): remind, escalate", lambda lp: lp.escalation_level >= 2, timeout=90, announce=True)
     await reported(r, ref, ORU_SR)
 
 

@@ -87,6 +87,11 @@ class Display:
             row.stage = stage
             self._log(ref, "loop", stage, True)
 
+    def waiting(self, ref: Referral, what: str) -> None:
+        row = self.rows[ref.n]
+        row.step, row.answer, row.ok = f"waiting for {what}", "", True
+        self._log(ref, f"waiting for {what}", "", None)
+
     def failed(self, ref: Referral, why: str) -> None:
         row = self.rows[ref.n]
         row.answer, row.ok = why, False
@@ -152,7 +157,7 @@ class Display:
             mark = Text(OK, style="bold green") if res.met else Text(NOT_OK, style="bold red")
             got = res.chart.summary()
             if res.chart.milestones:
-                got += f" · {len(res.chart.milestones)} status updates"
+                got += f" · {len(res.chart.milestones)} updates"
             table.add_row(res.ref.referral_id, res.ref.path, actual, events, escalations, got, res.ref.intended.describe(), mark)
         self.console.print(table)
         for res in results:

@@ -3,6 +3,7 @@ with the MPPS attribute lists a modality sends (PS3.3 C.4.13-17). Used by the de
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from pydicom import Dataset
@@ -163,7 +164,7 @@ def mpps_from_item(item: Dataset, station_aet: str, study_uid: str = "") -> Data
     )
 
 
-def performed_series(images_per_series: list[int]) -> Sequence:
+def performed_series(images_per_series: Iterable[int]) -> Sequence:
     out = []
     for n in images_per_series:
         s = Dataset()
@@ -185,14 +186,14 @@ def performed_series(images_per_series: list[int]) -> Sequence:
     return Sequence(out)
 
 
-def mpps_final(status: str, images_per_series: list[int] = (), reason: str = "") -> Dataset:  # type: ignore[assignment]
+def mpps_final(status: str, images_per_series: Iterable[int] = (), reason: str = "") -> Dataset:
     """An N-SET modification list that ends the step (COMPLETED, or DISCONTINUED with a CID 9300 reason)."""
     ds = Dataset()
     now = datetime.now(timezone.utc)
     ds.PerformedProcedureStepStatus = status
     ds.PerformedProcedureStepEndDate = now.strftime("%Y%m%d")
     ds.PerformedProcedureStepEndTime = now.strftime("%H%M%S")
-    ds.PerformedSeriesSequence = performed_series(list(images_per_series))
+    ds.PerformedSeriesSequence = performed_series(images_per_series)
     if reason:
         ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence([coded(reason, "DCM", CID_9300[reason])])
     return ds

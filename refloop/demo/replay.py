@@ -4,7 +4,7 @@ HTTP, DICOM worklist and MPPS), every wait on the loop as the read model shows i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,6 +46,8 @@ class Intended:
         )
 
     def describe(self) -> str:
+        if self.stage == Stage.ON_HOLD:
+            return "on hold · an operator decides"
         text = self.stage.value.replace("_", " ")
         if self.outcome:
             text += f" · {self.outcome.value.replace('_', ' ')}"
@@ -86,6 +88,7 @@ class Show(Protocol):
     def step(self, ref: Referral, protocol: str, what: str) -> None: ...
     def answer(self, ref: Referral, text: str, ok: bool) -> None: ...
     def stage(self, ref: Referral, stage: str) -> None: ...
+    def waiting(self, ref: Referral, what: str) -> None: ...
     def failed(self, ref: Referral, why: str) -> None: ...
 
 
@@ -115,8 +118,7 @@ class Replay:
         headers = {"Authorization": f"Bearer {self.tokens[system]}", "Content-Type": "application/fhir+json"}
         async with httpx.AsyncClient(base_url=self.api, headers=headers, timeout=30) as http:
             resp = await http.put(f"/fhir/{resource['resourceType']}/{resource['id']}", json=resource)
-        issue = (resp.json().get("issue") or [{}])[0] if resp.content else {}
-        outcome = ((issue.get("details") or {}).get("coding") or [{}])[0].get("code") or issue.get("diagnostics", "")
+        outcome = _outcome_code(resp)
         self._answered(ref, f"HTTP {resp.status_code} {outcome}".strip(), resp.status_code < 300, what)
         await asyncio.sleep(self.pace)
 
@@ -152,16 +154,19 @@ class Replay:
         await asyncio.sleep(self.pace)
         return uid
 
-    async def mpps_end(self, ref: Referral, uid: str, status: str, images: list[int] = (), reason: str = "") -> None:  # type: ignore[assignment]
+    async def mpps_end(self, ref: Referral, uid: str, status: str, images: Sequence[int] = (), reason: str = "") -> None:
         self.show.step(ref, "DICOM", f"MPPS N-SET {status}" + (f" ({reason})" if reason else ""))
-        answer, _ = await asyncio.to_thread(self._modality(ref).set, uid, mpps_final(status, list(images), reason))
+        answer, _ = await asyncio.to_thread(self._modality(ref).set, uid, mpps_final(status, images, reason))
         self._answered(ref, f"0x{int(answer.Status):04X}", int(answer.Status) == 0, "MPPS N-SET")
         await asyncio.sleep(self.pace)
 
     # --- waiting for the loop -------------------------------------------------------------------
 
-    async def until(self, ref: Referral, what: str, predicate: Callable[[Loop], bool], timeout: float = 30) -> Loop:
-        """Wait until the loop (SQL read model: what the gateways see) satisfies `predicate`."""
+    async def until(self, ref: Referral, what: str, predicate: Callable[[Loop], bool], timeout: float = 30, announce: bool = False) -> Loop:
+        """Wait until the loop (SQL read model: what the gateways see) satisfies `predicate`;
+        `announce` a wait that takes a while (a timer must fire)."""
+        if announce:
+            self.show.waiting(ref, what)
         deadline = asyncio.get_running_loop().time() + timeout
         last = ""
         while True:
@@ -204,3 +209,12 @@ class Replay:
             if not ref.failure:
                 ref.failure = why
                 self.show.failed(ref, why)
+
+
+def _outcome_code(resp: httpx.Response) -> str:
+    """What the OperationOutcome says became of the resource (accepted, parked...), or its reason."""
+    try:
+        issue = (resp.json().get("issue") or [{}])[0]
+    except (ValueError, AttributeError):
+        return resp.text[:120]
+    return ((issue.get("details") or {}).get("coding") or [{}])[0].get("code") or issue.get("diagnostics", "")

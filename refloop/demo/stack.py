@@ -15,12 +15,12 @@ import httpx
 
 from refloop.cli.dev import run_stack
 from refloop.config import Settings
+from refloop.demo.day import POLICY
 from refloop.demo.messages import PLACER_APPLICATIONS
 from refloop.demo.modality import Modality
 from refloop.devserver import start_dev_server, wait_for_ui
 
 HOST = "127.0.0.1"
-POLICY = Path(__file__).with_name("policy.toml")
 SYSTEMS = ("ehr", "ris", "pacs")  # HTTP API callers, each with its own token
 
 
@@ -85,7 +85,10 @@ class Stack:
 
     async def start(self) -> None:
         self._server_log = open(self.settings.data_dir / "temporal.log", "wb")
-        self.server = start_dev_server(self.ports.temporal, self.ports.ui, None, log=self._server_log)  # in memory: a fresh day
+        try:
+            self.server = start_dev_server(self.ports.temporal, self.ports.ui, None, log=self._server_log)  # in memory: a fresh day
+        except FileNotFoundError as err:
+            raise StackError(f"{err}; run scripts/setup first") from None
         if not await asyncio.to_thread(wait_for_ui, self.ports.ui):
             raise StackError(f"Temporal did not start; see {self.settings.data_dir / 'temporal.log'}")
         self.task = asyncio.create_task(run_stack(self.settings, self.stop_event), name="refloop-stack")

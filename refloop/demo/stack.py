@@ -40,6 +40,7 @@ class Ports:
         busy = []
         for name, port in vars(self).items():
             with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a listener, not TIME_WAIT, makes it busy
                 try:
                     s.bind((HOST, port))
                 except OSError:

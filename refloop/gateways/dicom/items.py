@@ -10,6 +10,7 @@ from datetime import datetime, time, tzinfo
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence
+from pydicom.valuerep import MAX_VALUE_LEN
 
 from refloop.domain import events as ev
 from refloop.domain.loop import Loop, Stage
@@ -51,6 +52,18 @@ def parse_date_time(da: str, tm: str, tz: tzinfo) -> datetime | None:
     except ValueError:
         t = time()
     return datetime.combine(day.date(), t, tzinfo=tz)
+
+
+def fit_value_lengths(ds: Dataset) -> Dataset:
+    """Cut text values to their VR's maximum length (LO 64, SH 16, ...): free-text order data
+    (a physician's full name, a location) is often longer, and strict modalities refuse it."""
+    for elem in ds.iterall():
+        limit = MAX_VALUE_LEN.get(elem.VR)
+        if limit and isinstance(elem.value, str) and len(elem.value) > limit:
+            elem.value = elem.value[:limit].rstrip()
+        elif elem.VR == "PN" and elem.value and len(str(elem.value)) > 64 * 5:
+            elem.value = str(elem.value)[: 64 * 5]
+    return ds
 
 
 def code_item(code: str, system: str, display: str) -> Dataset:
@@ -102,7 +115,7 @@ def worklist_item(loop: Loop, tz: tzinfo) -> Dataset:
     sps.ScheduledProcedureStepStatus = SPS_STATUS.get(loop.stage, "")
     sps.CommentsOnTheScheduledProcedureStep = ""
     ds.ScheduledProcedureStepSequence = Sequence([sps])
-    return ds
+    return fit_value_lengths(ds)
 
 
 def _text(ds: Dataset, keyword: str) -> str:

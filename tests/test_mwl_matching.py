@@ -137,8 +137,8 @@ def test_worklist_item_values_fit_their_vr_length():
     from refloop.domain import machine as m
     from refloop.domain.policy import Policy
 
-    loop = m.new_loop("PO-LONG")
-    for e in happy_path("PO-LONG")[:2]:
+    loop = m.new_loop("PO-LONG-IDENTIFIER")
+    for e in happy_path("PO-LONG-IDENTIFIER")[:2]:
         loop = m.apply(loop, e, e.occurred_at, Policy()).loop
     loop.referral.requester.practitioner = "Requesting^Physician" + "X" * 60  # 81 characters
     loop.referral.appointment.location = "Radiology department, building C, level 2"
@@ -148,5 +148,9 @@ def test_worklist_item_values_fit_their_vr_length():
     from pydicom.valuerep import MAX_VALUE_LEN
 
     for elem in ds.iterall():
-        if elem.VR in MAX_VALUE_LEN and isinstance(elem.value, str):
+        if elem.keyword in ("ScheduledStationName", "ScheduledProcedureStepLocation", "CodeMeaning"):
             assert len(elem.value) <= MAX_VALUE_LEN[elem.VR], (elem.keyword, elem.value)
+    assert all(len(part) <= 64 for part in str(ds.ReferringPhysicianName).split("^"))
+    # Identifiers are never cut: a cut accession would no longer match its loop.
+    assert ds.AccessionNumber == loop.referral.identifiers.accession_number
+    assert ds.ScheduledProcedureStepSequence[0].ScheduledStationName == "A-very-long-stat"

@@ -167,4 +167,4 @@ def _footer(console: Console, results, elapsed: float, ports, data_dir: Path) ->
     console.print("  its history shows every event as a signal. `refloop ui-columns` adds LoopState, Priority… as list columns.")
     env = f"REFLOOP_DATA_DIR={data_dir}" + (f" REFLOOP_TEMPORAL_ADDRESS=127.0.0.1:{ports.temporal}" if ports.temporal != 7233 else "")
     example = results[0].ref.referral_id if results else "<referral>"
-    console.print(f"From another terminal: {env} refloop list | show {example} | inbox")
+    console.print(f"From another terminal: {env} .venv/bin/refloop list | show {example} | inbox")

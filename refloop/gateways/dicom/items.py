@@ -54,15 +54,34 @@ def parse_date_time(da: str, tm: str, tz: tzinfo) -> datetime | None:
     return datetime.combine(day.date(), t, tzinfo=tz)
 
 
+# Free text a modality only displays: safe to shorten. Identifiers are never cut (a cut
+# accession would no longer match its loop); an over-long one is the sender's to fix.
+_FREE_TEXT = frozenset(
+    {
+        "ScheduledStationName",
+        "ScheduledProcedureStepLocation",
+        "ScheduledProcedureStepDescription",
+        "RequestedProcedureDescription",
+        "CodeMeaning",
+        "InstitutionName",
+        "AdmittingDiagnosesDescription",
+        "MedicalAlerts",
+        "Allergies",
+    }
+)
+
+
 def fit_value_lengths(ds: Dataset) -> Dataset:
-    """Cut text values to their VR's maximum length (LO 64, SH 16, ...): free-text order data
-    (a physician's full name, a location) is often longer, and strict modalities refuse it."""
+    """Cut free-text values to their VR's maximum length (LO 64, SH 16): order data such as a
+    long location is often longer, and strict modalities refuse the item."""
     for elem in ds.iterall():
         limit = MAX_VALUE_LEN.get(elem.VR)
-        if limit and isinstance(elem.value, str) and len(elem.value) > limit:
+        if elem.keyword in _FREE_TEXT and limit and isinstance(elem.value, str) and len(elem.value) > limit:
             elem.value = elem.value[:limit].rstrip()
-        elif elem.VR == "PN" and elem.value and len(str(elem.value)) > 64 * 5:
-            elem.value = str(elem.value)[: 64 * 5]
+        elif elem.VR == "PN" and isinstance(elem.value, object) and elem.value and any(
+            len(part) > 64 for part in str(elem.value).split("^")
+        ):
+            elem.value = "^".join(part[:64] for part in str(elem.value).split("^"))  # 64 chars per component
     return ds
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import structlog
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.delivery import DeliveryActivities
 from activities.escalation import EscalationActivities
@@ -45,6 +45,7 @@ def build_worker(client: Client, settings: Settings, store: Store, **options) ->
             sweep.post_sweep_digest,
         ],
         activity_executor=ThreadPoolExecutor(max_workers=16),
+        **({} if settings.workflow_sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}),
         graceful_shutdown_timeout=options.pop("graceful_shutdown_timeout", timedelta(seconds=10)),
         **options,
     )

@@ -29,34 +29,9 @@ with workflow.unsafe.imports_passed_through():
     from refloop import temporal as names
     from refloop.domain import events as ev
     from refloop.domain import machine
-    from refloop.domain.loop import Loop, Outcome, Stage
+    from refloop.domain.loop import Loop, Stage
     from refloop.domain.policy import ESCALATION_LEVELS, Policy
-
-
-class Carried(BaseModel):
-    """What continue-as-new hands to the next run."""
-
-    loop: Loop
-    timeline_persisted: int = 0
-    milestone_seq: int = 0
-    delivery_seq: int = 0
-    search_attributes: dict[str, str] = {}
-
-
-class ReferralInput(BaseModel):
-    referral_id: str
-    policy: Policy = Policy()
-    carried: Carried | None = None
-
-
-class LoopSummary(BaseModel):
-    referral_id: str
-    stage: Stage
-    outcome: Outcome | None = None
-    reason: str = ""
-    events: int = 0
-    escalations: int = 0
-    needs_attention: bool = False
+    from workflows.contracts import Carried, LoopSummary, ReferralInput
 
 
 _DELIVERABLE = frozenset({"final", "amended", "corrected", "appended"})

@@ -1,4 +1,4 @@
-"""`refloop dev` and `refloop worker`: run the embedded stack on this machine."""
+"""`refloop dev`, `refloop worker` and `refloop gateway`: run the embedded stack, or its parts."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_dev)
     w = sub.add_parser("worker", help="run only the worker (production)")
     w.set_defaults(func=lambda a: _run(lambda s, stop: _worker(s, stop)))
+    g = sub.add_parser("gateway", help="run only the gateways (DEV_SERVICES) against REFLOOP_TEMPORAL_ADDRESS (production)")
+    g.set_defaults(func=lambda a: _run(lambda s, stop: run_stack(s, stop, worker=False)))
 
 
 async def _worker(settings: Settings, stop: asyncio.Event) -> None:
@@ -58,9 +60,10 @@ def _run(main) -> int:
     return 0
 
 
-async def run_stack(settings: Settings, stop: asyncio.Event, services: list[str] | None = None) -> None:
-    """The worker plus every dev service, until `stop` is set."""
-    tasks = [asyncio.create_task(_worker(settings, stop), name="worker")]
+async def run_stack(settings: Settings, stop: asyncio.Event, services: list[str] | None = None, worker: bool = True) -> None:
+    """The worker plus every dev service, until `stop` is set (`worker=False`: the gateways only,
+    as `refloop gateway` runs them beside workers elsewhere)."""
+    tasks = [asyncio.create_task(_worker(settings, stop), name="worker")] if worker else []
     for spec in services if services is not None else DEV_SERVICES:
         module, func = spec.split(":")
         serve = getattr(importlib.import_module(module), func)

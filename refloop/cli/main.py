@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "refloop.cli.inbox",
     "refloop.cli.operate",
     "refloop.cli.worklist",
+    "refloop.cli.bench",
 ]
 
 

@@ -25,6 +25,8 @@ from bench import measure, mllp
 from bench.report import ratios, render
 from bench.targets import Baseline, Product, Target
 from refloop.devserver import start_dev_server
+from refloop.store.db import make_engine
+from refloop.store.repo import InboxStore
 from refloop.temporal import connect
 
 ROOT = Path(bench.__file__).resolve().parents[1]
@@ -165,12 +167,12 @@ class Run:
         if "latency" in o.phases:
             for t in targets:
                 with self.phase(t, f"latency, idle: {o.probe_loops} loops x {len(t.events('x'))} events", workers[t.name]):
-                    idle_ids = t.loop_ids("idle", o.probe_loops)
-                    samples = await measure.latency(t, idle_ids)
+                    samples = await measure.latency(t, t.loop_ids("idle", o.probe_loops))
                     figures[t.name]["latency_idle"] = self.show(measure.percentiles(samples))
-                    # These loops got one event per workflow task (each visible before the next):
-                    # the history cost of events that arrive apart, as real ones do.
-                    history = await measure.history_per_event(t, idle_ids)
+                    # The history cost of events that arrive apart, as real ones do.
+                    spaced_ids = t.loop_ids("spaced", o.probe_loops)
+                    await measure.drive_spaced(t, spaced_ids, spacing=0.5)
+                    history = await measure.history_per_event(t, spaced_ids)
                     figures[t.name]["history_spaced"] = self.show(history, keys=("history_events", "applied_events", "per_applied_event"))
         if "throughput" in o.phases:
             throughput_ids = {t.name: t.loop_ids("tp", o.loops) for t in targets}
@@ -196,10 +198,12 @@ class Run:
         for proc in workers.values():
             self.stop(proc)
 
-        # Worker RSS: a fresh worker per target, loops opened with their first event.
+        # Worker RSS: a fresh worker per target, loops opened with their first event. Both
+        # targets open their loops at the same time: RSS is per worker process, and opening
+        # 2 x 5,000 loops one target after the other would take most of the run.
         if "rss" in o.phases:
-            for t in targets:
-                figures[t.name]["rss"] = await self._rss(t)
+            for t, rss in zip(targets, await asyncio.gather(*(self._rss(t) for t in targets))):
+                figures[t.name]["rss"] = rss
 
         return {
             "machine": machine(),
@@ -260,13 +264,14 @@ class Run:
         try:
             await _wait_port(port)
             self.echo(f"[product] throughput through the HL7 MLLP gateway ({spec}): {o.loops} loops")
-            driver = mllp.MllpLoops(port, product)
+            driver = mllp.MllpLoops(port, product, InboxStore(make_engine(self.db_url)))
             ids = product.loop_ids("mllp", o.loops)
             seconds, failures = await measure.run_pool(ids, o.concurrency, driver.drive)
         finally:
             self.stop(gateway)
         per_loop = mllp.MESSAGES_PER_LOOP
-        return {
+        parked = [r for r in InboxStore(make_engine(self.db_url)).list("parked", limit=o.loops * per_loop) if r.protocol == "hl7"]
+        return self.show({
             "available": True,
             "service": spec,
             "loops": o.loops,
@@ -276,7 +281,8 @@ class Run:
             "events_per_s": round(o.loops * per_loop / seconds, 1),
             "failures": failures,
             "negative_acks": driver.negative,
-        }
+            "parked_after_run": len(parked),  # messages the gateway could not tie to a loop
+        }, keys=("loops_per_s", "events_per_s", "failures", "parked_after_run"))
 
 
 async def _wait_port(port: int, timeout: float = 60) -> None:

@@ -163,6 +163,21 @@ async def history_per_event(target: Target, loop_ids: list[str]) -> dict:
     }
 
 
+async def drive_spaced(target: Target, loop_ids: list[str], spacing: float) -> None:
+    """Loops whose events arrive `spacing` seconds apart, as a real feed's do: one event per
+    workflow task. No query meanwhile (a query that comes while a workflow task runs its local
+    activity forces an extra workflow task), one at the end to wait until all are settled."""
+
+    async def one(lid: str) -> None:
+        events = target.events(lid)
+        for e in events:
+            await target.send(lid, e)
+            await asyncio.sleep(spacing)
+        await wait_until(lambda: target.settled(lid), len(events), timeout=60)
+
+    await asyncio.gather(*(one(lid) for lid in loop_ids))
+
+
 def _event_type_name(value: int) -> str:
     from temporalio.api.enums.v1 import EventType
 

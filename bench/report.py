@@ -72,8 +72,11 @@ def render(result: dict) -> str:
         pass
     elif not mllp.get("available"):
         lines.append(f"HL7 MLLP gateway: {mllp.get('reason', 'not measured')}")
-    elif mllp.get("failures"):
-        lines.append(f"HL7 MLLP gateway: {mllp['failures']} loops not fully acknowledged; first answers: {mllp['negative_acks'][:2]}")
+    else:
+        if mllp.get("failures"):
+            lines.append(f"HL7 MLLP gateway: {mllp['failures']} loops did not complete; first negative ACKs: {mllp['negative_acks'][:2]}")
+        if mllp.get("parked_after_run"):
+            lines.append(f"HL7 MLLP gateway: {mllp['parked_after_run']} messages still parked after the run")
     for name, f in result["figures"].items():
         bad = (f.get("throughput", {}).get("failures") or 0) + sum(v.get("failures", 0) for v in f.get("rss", {}).get("open_loops", {}).values())
         if bad:

@@ -36,7 +36,8 @@ def test_bench_produces_every_figure(tmp_path, capsys):
 
     mllp = result["figures"]["product"]["mllp"]
     assert mllp["available"], mllp  # this build has the HL7 gateway
-    assert mllp["failures"] == 0 and mllp["negative_acks"] == [] and mllp["events_per_s"] > 0
+    assert mllp["failures"] == 0 and mllp["negative_acks"] == [] and mllp["parked_after_run"] == 0
+    assert mllp["events_per_s"] > 0
 
     ratios = result["ratios"]
     for label, entry in ratios.items():

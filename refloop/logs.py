@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure(level: str = "INFO", json: bool = True) -> None:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO), format="%(message)s")
+def configure(level: str = "INFO", json: bool = True, stream: TextIO | None = None) -> None:
+    """Log to `stream` (default stderr). An explicit stream replaces handlers set up earlier."""
+    force = stream is not None
+    stream = stream or sys.stderr
+    logging.basicConfig(stream=stream, level=getattr(logging, level.upper(), logging.INFO), format="%(message)s", force=force)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # ~25 lines per association otherwise
     logging.getLogger("httpx").setLevel(logging.WARNING)
     structlog.configure(
@@ -19,6 +23,6 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(),
         ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from refloop.demo.samples import SamplesMissing, candidates, find_samples
 from refloop.devserver import find_binary
 from refloop.store.db import make_engine
 from refloop.store.repo import Store
 from refloop.temporal import SEARCH_ATTRIBUTES
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
-if not SAMPLES.exists():  # CI clones next to a copy of shared/
-    SAMPLES = Path(os.environ.get("REFLOOP_SAMPLES", "../shared/samples")).resolve()
+try:  # ../shared/samples beside the repository, or $REFLOOP_SAMPLES (CI clones next to a copy)
+    SAMPLES = find_samples()
+except SamplesMissing:
+    SAMPLES = candidates()[0]  # tests that read samples fail with the path they looked at
 
 PG_URL = os.environ.get("REFLOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import hl7
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from hl7.mllp import open_hl7_connection
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
@@ -19,8 +18,9 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from refloop.config import Settings
+from refloop.demo.hl7client import Mllp, ack_code, ack_of, send  # noqa: F401 (shared with the demo)
+from refloop.demo.rekey import rekey_hl7
 from refloop.domain.loop import Loop
-from refloop.gateways.hl7.decode import decode_message, normalise_segments
 from refloop.gateways.hl7.receiver import Hl7Receiver
 from refloop.gateways.hl7.server import MllpServer
 from refloop.gateways.intake import Intake
@@ -94,45 +94,7 @@ async def stack(temporal_env, tmp_path):
         await server.stop()
 
 
-# --- the sending side ---------------------------------------------------------------------------
-
-
-class Mllp:
-    """One MLLP connection through python-hl7's client streams."""
-
-    def __init__(self, reader, writer):
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Mllp:
-        return cls(*await open_hl7_connection("127.0.0.1", port))
-
-    async def send(self, data: bytes, prefix: bytes = b"") -> hl7.Message:
-        """Frame `data` (after any raw `prefix` bytes), send it, and parse the ACK."""
-        self.writer.write(prefix)
-        self.writer.writeblock(data)
-        await self.writer.drain()
-        return ack_of(await asyncio.wait_for(self.reader.readblock(), 30))
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
-async def send(port: int, data: bytes) -> hl7.Message:
-    conn = await Mllp.open(port)
-    try:
-        return await conn.send(data)
-    finally:
-        await conn.close()
-
-
-def ack_of(block: bytes) -> hl7.Message:
-    return hl7.parse(decode_message(block).normalised)
-
-
-def ack_code(ack: hl7.Message) -> str:
-    return str(ack.segment("MSA")[1])
+# --- the sending side: refloop.demo.hl7client ----------------------------------------------------
 
 
 def err_text(ack: hl7.Message) -> str:
@@ -151,13 +113,7 @@ def raw(name: str) -> bytes:
 def variant(name: str, changes: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> bytes:
     """A sample re-keyed: `changes` maps python-hl7 accessors ("ORC.F2", "OBR2.F25") to new
     field values; `drop` removes segments by ID. Sent back in the sample's own charset."""
-    decoded = decode_message(raw(name))
-    msg = hl7.parse(normalise_segments(decoded.text))
-    for key, value in (changes or {}).items():
-        msg[key] = value
-    if drop:
-        msg[:] = [s for s in msg if str(s[0]) not in drop]
-    return str(msg).encode(decoded.charset)
+    return rekey_hl7(raw(name), changes, drop, strict=False)
 
 
 def sample_names() -> list[str]:

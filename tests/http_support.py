@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from temporalio.client import Client
 
 from refloop.config import Settings
+from refloop.demo.rekey import rekey_json as rekey  # noqa: F401 (shared with the demo)
 from refloop.gateways.http import create_app
-from refloop.gateways.http.server import EmbeddedServer
+from refloop.gateways.http.server import free_socket, serving  # noqa: F401 (shared with the demo)
 from refloop.gateways.intake import Intake
 from refloop.store.repo import Store
 from tests.conftest import SAMPLES
@@ -31,31 +29,6 @@ TOKENS = {"ehr": "tok-ehr", "ris": "tok-ris", "pacs": "tok-pacs", "reporting": "
 def settings_for(task_queue: str, tokens: dict[str, str] | None = TOKENS, bind_host: str = "127.0.0.1") -> Settings:
     api_tokens = ",".join(f"{system}={token}" for system, token in (tokens or {}).items())
     return Settings(task_queue=task_queue, api_tokens=api_tokens, bind_host=bind_host)
-
-
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@asynccontextmanager
-async def serving(app) -> AsyncIterator[str]:
-    """uvicorn serving `app` on a free loopback port; yields the base URL."""
-    sock = free_socket()
-    server = EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 @dataclass
@@ -96,17 +69,6 @@ async def running_api(client: Client, store: Store, task_queue: str, **app_kw: A
 
 def sample(name: str) -> dict:
     return json.loads((FHIR_SAMPLES / name).read_text())
-
-
-def rekey(resource: Any, mapping: dict[str, str]) -> Any:
-    """A copy with string values replaced exactly (ids, references, identifiers, dates); structure kept."""
-    if isinstance(resource, dict):
-        return {k: rekey(v, mapping) for k, v in resource.items()}
-    if isinstance(resource, list):
-        return [rekey(v, mapping) for v in resource]
-    if isinstance(resource, str):
-        return mapping.get(resource, resource)
-    return copy.deepcopy(resource)
 
 
 def outcome_code(body: dict) -> str:

@@ -18,20 +18,16 @@ import httpx
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage, ModalityPerformedProcedureStep, ModalityWorklistInformationFind
+from pynetdicom.sop_class import CTImageStorage
 
 from refloop.domain import events as ev
 from refloop.domain.loop import Loop
 from refloop.domain.referral import Appointment, Identifiers, Patient, PatientId, Requester, ServicePlan
+from refloop.demo.modality import AET, MODALITY_AET, Modality, mpps_final, mpps_in_progress, performed_series  # noqa: F401 (shared)
 from refloop.gateways.dicom.server import DicomGateway
 from refloop.gateways.intake import Inbound, Intake, Keys, Result
 from refloop.store.repo import Store
-
-AET = "REFLOOP"
-MODALITY_AET = "CT1"
 
 
 def free_port() -> int:
@@ -167,156 +163,11 @@ async def wlmscpfs(worklist_files: list[Path], called: str = "OFFIS"):
         shutil.rmtree(root, ignore_errors=True)
 
 
-# --- a pynetdicom modality (MWL and MPPS SCU) ------------------------------------------------
-
-
-class Modality:
-    """Blocking pynetdicom SCU; call its methods through asyncio.to_thread."""
-
-    def __init__(self, port: int, called: str = AET, calling: str = MODALITY_AET):
-        self.ae = AE(ae_title=calling)
-        self.ae.add_requested_context(ModalityPerformedProcedureStep)
-        self.ae.add_requested_context(ModalityWorklistInformationFind)
-        self.port, self.called = port, called
-
-    def _assoc(self):
-        assoc = self.ae.associate("127.0.0.1", self.port, ae_title=self.called)
-        assert assoc.is_established, "association rejected"
-        return assoc
-
-    def find(self, query: Dataset) -> tuple[list[Dataset], Dataset]:
-        assoc = self._assoc()
-        try:
-            found, final = [], None
-            for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
-                if status and status.Status in (0xFF00, 0xFF01):
-                    found.append(identifier)
-                else:
-                    final = status
-            return found, final
-        finally:
-            assoc.release()
-
-    def create(self, attrs: Dataset, uid: str | None) -> tuple[Dataset, str]:
-        """N-CREATE; returns the status and the Affected SOP Instance UID of the response."""
-        seen: list[str] = []
-
-        def on_recv(event) -> None:  # pynetdicom's SCU API drops the response's instance UID
-            uid_in_rsp = event.message.command_set.get("AffectedSOPInstanceUID")
-            if uid_in_rsp:
-                seen.append(str(uid_in_rsp))
-
-        assoc = self.ae.associate("127.0.0.1", self.port, ae_title=self.called, evt_handlers=[(evt.EVT_DIMSE_RECV, on_recv)])
-        assert assoc.is_established, "association rejected"
-        try:
-            status, _ = assoc.send_n_create(attrs, ModalityPerformedProcedureStep, uid)
-            return status, (seen[-1] if seen else "")
-        finally:
-            assoc.release()
-
-    def set(self, uid: str, mods: Dataset) -> tuple[Dataset, Dataset | None]:
-        assoc = self._assoc()
-        try:
-            return assoc.send_n_set(mods, ModalityPerformedProcedureStep, uid)
-        finally:
-            assoc.release()
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    c = Dataset()
-    c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
-    return c
-
-
-def mpps_in_progress(
-    *,
-    accession: str = "",
-    sps_id: str = "",
-    study_uid: str = "",
-    rp_id: str = "",
-    patient_id: str = "PID_1",
-    issuer: str = "ADT1",
-    name: str = "Smith^Lucy",
-    code: str = "CTHEAD",
-    charset: str = "ISO_IR 192",
-) -> Dataset:
-    """An N-CREATE attribute list (PS3.3 C.4.13-17), minimal but complete."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = charset  # first: pydicom encodes names with the set present when assigned
-    ssa = Dataset()
-    ssa.AccessionNumber = accession
-    ssa.ScheduledProcedureStepID = sps_id
-    ssa.StudyInstanceUID = study_uid
-    ssa.RequestedProcedureID = rp_id
-    ssa.ScheduledProcedureStepDescription = ""
-    ssa.ScheduledProtocolCodeSequence = Sequence([])
-    ds.ScheduledStepAttributesSequence = Sequence([ssa])
-    ds.PatientName = name
-    ds.PatientID = patient_id
-    if issuer:
-        ds.IssuerOfPatientID = issuer
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "F"
-    ds.PerformedProcedureStepID = "PPS1"
-    ds.PerformedStationAETitle = MODALITY_AET
-    ds.PerformedStationName = "CT-ROOM-1"
-    ds.PerformedLocation = "RAD"
-    now = datetime.now(timezone.utc)
-    ds.PerformedProcedureStepStartDate = now.strftime("%Y%m%d")
-    ds.PerformedProcedureStepStartTime = now.strftime("%H%M%S")
-    ds.PerformedProcedureStepStatus = "IN PROGRESS"
-    ds.PerformedProcedureStepDescription = "CT"
-    ds.PerformedProcedureTypeDescription = ""
-    ds.ProcedureCodeSequence = Sequence([_code(code, "LN", code)] if code else [])
-    ds.PerformedProcedureStepEndDate = None
-    ds.PerformedProcedureStepEndTime = None
-    ds.Modality = "CT"
-    ds.StudyID = "1"
-    ds.PerformedProtocolCodeSequence = Sequence([])
-    ds.PerformedSeriesSequence = Sequence([])
-    return ds
-
-
-def performed_series(images_per_series: list[int]) -> Sequence:
-    out = []
-    for n in images_per_series:
-        s = Dataset()
-        s.PerformingPhysicianName = ""
-        s.ProtocolName = "HEAD"
-        s.OperatorsName = ""
-        s.SeriesInstanceUID = generate_uid()
-        s.SeriesDescription = ""
-        s.RetrieveAETitle = ""
-        refs = []
-        for _ in range(n):
-            r = Dataset()
-            r.ReferencedSOPClassUID = CTImageStorage
-            r.ReferencedSOPInstanceUID = generate_uid()
-            refs.append(r)
-        s.ReferencedImageSequence = Sequence(refs)
-        s.ReferencedNonImageCompositeSOPInstanceSequence = Sequence([])
-        out.append(s)
-    return Sequence(out)
-
+# --- a pynetdicom modality (MWL and MPPS SCU): shared with `refloop demo` -------------------
 
 def started_for(booking, **kw) -> Dataset:
     ids = booking.identifiers
     return mpps_in_progress(accession=ids.accession_number, sps_id=ids.sps_id, study_uid=ids.study_instance_uid, rp_id=ids.requested_procedure_id, **kw)
-
-
-def mpps_final(status: str, images_per_series: list[int] = (), reason: str = "") -> Dataset:
-    """An N-SET modification list that ends the step."""
-    ds = Dataset()
-    now = datetime.now(timezone.utc)
-    ds.PerformedProcedureStepStatus = status
-    ds.PerformedProcedureStepEndDate = now.strftime("%Y%m%d")
-    ds.PerformedProcedureStepEndTime = now.strftime("%H%M%S")
-    ds.PerformedSeriesSequence = performed_series(list(images_per_series))
-    if reason:
-        from refloop.domain.codes import CID_9300
-
-        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence([_code(reason, "DCM", CID_9300[reason])])
-    return ds
 
 
 # --- generated DICOM and a real Orthanc ------------------------------------------------------

@@ -84,7 +84,10 @@ async def test_signal_burst_across_continue_as_new_loses_nothing(can_env, task_q
         assert ids >= {e.event_id for e in burst} and len(loop.timeline) == 152
         assert loop.stage == Stage.SCHEDULED
         # It did continue as new (more than one run), carrying the whole state.
-        assert await eventually(lambda: _count_runs(client, rid), timeout=20) > 1
+        async def continued_as_new() -> bool:
+            return await _count_runs(client, rid) > 1  # visibility is eventually consistent
+
+        assert await eventually(continued_as_new, timeout=20)
         # Every timeline entry reached SQL exactly once, across runs.
         assert await eventually(lambda: len(store.timeline(rid)) == 152, timeout=20)
 

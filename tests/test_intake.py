@@ -96,3 +96,28 @@ async def test_arrival_before_booking_is_persisted_is_released_by_patient(client
             await intake.receive(Inbound("json", "ris", f"{rid}-{i}", e.kind, "{}", e, Keys(placer_order_number=rid)))
         loop = await wait_for(client.get_workflow_handle(workflow_id(rid)), lambda lp: lp.stage == "arrived")
         assert loop.stage == "arrived"
+
+
+async def test_placer_named_without_its_system_finds_the_qualified_referral(client, task_queue, store):
+    number = unique("X")
+    intake = Intake(client, store, task_queue)
+    order, booking = happy_path(number, datetime.now(timezone.utc))[:2]
+    qualified = Keys(placer_order_number=number, placer_system="GHHPlacer")
+    async with build_worker(client, Settings(task_queue=task_queue), store):
+        r = await intake.receive(Inbound("hl7", "ris", f"{number}-o", "OMI^O23", "MSH|", order, qualified))
+        assert r.referral_id == f"GHHPlacer:{number}"
+        await wait_for(client.get_workflow_handle(workflow_id(r.referral_id)), lambda lp: lp.stage == "ordered")
+        assert await _eventually(lambda: store.resolve(number) == f"GHHPlacer:{number}")
+        r2 = await intake.receive(Inbound("fhir", "ehr", f"{number}-b", "Appointment", "{}", booking, Keys(placer_order_number=number)))
+        assert r2.status == Status.ACCEPTED and r2.referral_id == f"GHHPlacer:{number}"
+        runs = [w async for w in client.list_workflows(f'WorkflowId = "{workflow_id(number)}"')]
+        assert runs == []  # no stray loop under the bare number
+
+
+async def _eventually(check, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True

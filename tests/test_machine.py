@@ -261,6 +261,15 @@ def test_no_show_after_appointment_plus_grace():
     assert step.loop.stage == Stage.DID_NOT_ATTEND and step.loop.no_show_inferred
 
 
+def test_no_show_reason_names_the_grace_in_its_unit():
+    order, booking = happy_path(RID)[:2]
+    for grace, text in ((timedelta(minutes=30), "+ 30m grace"), (timedelta(seconds=15), "+ 15s grace"), (timedelta(minutes=90), "+ 1h30m grace")):
+        policy = P.model_copy(update={"arrival_grace": grace})
+        loop, _ = run([order, booking])
+        loop = m.tick(loop, booking.appointment.start + grace, policy).loop
+        assert text in loop.outcome_reason, loop.outcome_reason
+
+
 def test_arrival_after_inferred_no_show_reopens():
     order, booking, arrival = happy_path(RID)[:3]
     loop, _ = run([order, booking])

@@ -126,3 +126,31 @@ def test_response_charset_follows_the_peer_or_falls_back_to_utf8():
     assert charset.choose("ISO_IR 100", greek) == "ISO_IR 192"  # Latin-1 cannot carry it
     plain = answer(query(PatientName=""), item(name="Smith^Lucy"))
     assert charset.choose("", plain) is None and charset.choose("ISO_IR 100", plain) == "ISO_IR 100"
+
+
+def test_worklist_item_values_fit_their_vr_length():
+    from zoneinfo import ZoneInfo
+
+    from refloop.domain.loop import Stage
+    from refloop.gateways.dicom.items import worklist_item
+    from tests.factories import happy_path
+    from refloop.domain import machine as m
+    from refloop.domain.policy import Policy
+
+    loop = m.new_loop("PO-LONG-IDENTIFIER")
+    for e in happy_path("PO-LONG-IDENTIFIER")[:2]:
+        loop = m.apply(loop, e, e.occurred_at, Policy()).loop
+    loop.referral.requester.practitioner = "Requesting^Physician" + "X" * 60  # 81 characters
+    loop.referral.appointment.location = "Radiology department, building C, level 2"
+    loop.referral.appointment.station_name = "A-very-long-station-name"
+    assert loop.stage == Stage.SCHEDULED
+    ds = worklist_item(loop, ZoneInfo("UTC"))
+    from pydicom.valuerep import MAX_VALUE_LEN
+
+    for elem in ds.iterall():
+        if elem.keyword in ("ScheduledStationName", "ScheduledProcedureStepLocation", "CodeMeaning"):
+            assert len(elem.value) <= MAX_VALUE_LEN[elem.VR], (elem.keyword, elem.value)
+    assert all(len(part) <= 64 for part in str(ds.ReferringPhysicianName).split("^"))
+    # Identifiers are never cut: a cut accession would no longer match its loop.
+    assert ds.AccessionNumber == loop.referral.identifiers.accession_number
+    assert ds.ScheduledProcedureStepSequence[0].ScheduledStationName == "A-very-long-stat"

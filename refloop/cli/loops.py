@@ -142,7 +142,9 @@ def render_loop(loop: Loop, settings: Settings | None = None) -> None:
     head.add_row("waiting for", waiting_for(loop, settings.policy()))
     head.add_row("since", f"{_when(loop.stage_since)} UTC" if loop.stage_since else "-")
     deadline = extra.get("deadline")
-    head.add_row("deadline", f"{_when(deadline)} UTC ({_relative(deadline, now)})" if deadline else "-")
+    # A closed loop's only deadline is the end of its amendment window, not a stage target.
+    label = "amendments until" if loop.stage.value == "closed" else "deadline"
+    head.add_row(label, f"{_when(deadline)} UTC ({_relative(deadline, now)})" if deadline else "-")
     s = ref.service
     head.add_row("service", f"{s.procedure_code} {s.procedure_display} [{s.modality or '-'}] {s.priority.value}")
     ids = ref.identifiers

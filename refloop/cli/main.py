@@ -9,6 +9,7 @@ import sys
 # Each module defines register(subparsers) and sets `func` on its parsers.
 COMMAND_MODULES = [
     "refloop.cli.dev",
+    "refloop.cli.demo",
     "refloop.cli.loops",
     "refloop.cli.inbox",
     "refloop.cli.operate",

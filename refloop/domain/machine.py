@@ -804,7 +804,10 @@ def tick(loop: Loop, now: datetime, policy: Policy) -> Step:
 
 
 def _fmt(d: timedelta) -> str:
-    minutes = int(d.total_seconds() // 60)
+    seconds = int(d.total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"  # a short policy (tests, the demo) still reads right
+    minutes = seconds // 60
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 

@@ -144,7 +144,13 @@ class Intake:
         if keys.patient and keys.all_open_loops_of_patient:
             return self.inbox.open_referrals_of_patient(patient_key(keys.patient))
         if keys.placer_order_number:
-            return [referral_key(keys.placer_order_number, keys.placer_system)]
+            rid = referral_key(keys.placer_order_number, keys.placer_system)
+            if not keys.placer_system and not self.store.find_referrals("placer", rid):
+                # Named without its assigning system: the one loop whose placer number it is.
+                qualified = self.store.find_referrals("placer_number", keys.placer_order_number)
+                if qualified:
+                    return qualified
+            return [rid]
         # Every known key is evidence: loops all of them point at win. Keys that point at
         # different loops are ambiguous (an operator decides), never a guess.
         found = [set(self.store.find_referrals(kind, value)) for kind, value in keys.lookup()]

@@ -37,6 +37,9 @@ def identifier_keys(referral: Referral) -> set[tuple[str, str]]:
     """Every (kind, value) a loop can be found by."""
     ids = referral.identifiers
     keys = {("placer", referral.referral_id)}
+    if referral.placer_order_number and referral.placer_order_number != referral.referral_id:
+        # "X" finds the referral "SYSTEM:X" when a sender names the order without its system.
+        keys.add(("placer_number", referral.placer_order_number))
     for kind, value in (
         ("filler", ids.filler_order_number),
         ("accession", ids.accession_number),
@@ -216,7 +219,7 @@ class Store:
         with Session(self.engine) as s:
             if s.get(LoopRow, ident):
                 return ident
-        for kind in ("placer", "accession", "filler"):
+        for kind in ("placer", "placer_number", "accession", "filler"):
             found = self.find_referrals(kind, ident)
             if len(found) == 1:
                 return found[0]

@@ -10,6 +10,7 @@ from datetime import datetime, time, tzinfo
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence
+from pydicom.valuerep import MAX_VALUE_LEN
 
 from refloop.domain import events as ev
 from refloop.domain.loop import Loop, Stage
@@ -51,6 +52,37 @@ def parse_date_time(da: str, tm: str, tz: tzinfo) -> datetime | None:
     except ValueError:
         t = time()
     return datetime.combine(day.date(), t, tzinfo=tz)
+
+
+# Free text a modality only displays: safe to shorten. Identifiers are never cut (a cut
+# accession would no longer match its loop); an over-long one is the sender's to fix.
+_FREE_TEXT = frozenset(
+    {
+        "ScheduledStationName",
+        "ScheduledProcedureStepLocation",
+        "ScheduledProcedureStepDescription",
+        "RequestedProcedureDescription",
+        "CodeMeaning",
+        "InstitutionName",
+        "AdmittingDiagnosesDescription",
+        "MedicalAlerts",
+        "Allergies",
+    }
+)
+
+
+def fit_value_lengths(ds: Dataset) -> Dataset:
+    """Cut free-text values to their VR's maximum length (LO 64, SH 16): order data such as a
+    long location is often longer, and strict modalities refuse the item."""
+    for elem in ds.iterall():
+        limit = MAX_VALUE_LEN.get(elem.VR)
+        if elem.keyword in _FREE_TEXT and limit and isinstance(elem.value, str) and len(elem.value) > limit:
+            elem.value = elem.value[:limit].rstrip()
+        elif elem.VR == "PN" and isinstance(elem.value, object) and elem.value and any(
+            len(part) > 64 for part in str(elem.value).split("^")
+        ):
+            elem.value = "^".join(part[:64] for part in str(elem.value).split("^"))  # 64 chars per component
+    return ds
 
 
 def code_item(code: str, system: str, display: str) -> Dataset:
@@ -102,7 +134,7 @@ def worklist_item(loop: Loop, tz: tzinfo) -> Dataset:
     sps.ScheduledProcedureStepStatus = SPS_STATUS.get(loop.stage, "")
     sps.CommentsOnTheScheduledProcedureStep = ""
     ds.ScheduledProcedureStepSequence = Sequence([sps])
-    return ds
+    return fit_value_lengths(ds)
 
 
 def _text(ds: Dataset, keyword: str) -> str:

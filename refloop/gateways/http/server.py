@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import Sequence
+import socket
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
 import uvicorn
@@ -66,3 +67,28 @@ async def _serve(server: uvicorn.Server) -> None:
         await server.serve()
     except SystemExit as err:  # uvicorn exits the process when it cannot bind
         raise RuntimeError(f"HTTP gateway could not start on {server.config.host}:{server.config.port}") from err
+
+
+def free_socket(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serving(app, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """uvicorn serving `app` on a free port of `host` (loopback by default); yields the base URL."""
+    sock = free_socket(host)
+    server = EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
